@@ -1,0 +1,174 @@
+"""The ``dymlbench`` command line.
+
+Each command is a thin call into the library. Heavy modules (torch, the evaluator, the data
+layer) are imported inside the commands, so ``dymlbench --help`` stays fast. The CLI is the only
+place that installs a log handler (rich) and that prints.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dymlbench import __version__
+
+app = typer.Typer(
+    name="dymlbench",
+    help="Benchmark harness for Dynamic Metric Learning (DyML).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(
+    help="Inspect DyML datasets and generate the toy dataset.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+logger = logging.getLogger("dymlbench")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("dymlbench")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def _console():
+    """A console for tables: at least 120 columns wide when the output is not a terminal."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 120))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"dymlbench {__version__}")
+        raise typer.Exit()
+
+
+def _fail(message: str) -> None:
+    """Print a user error in red and exit with status 1, without a traceback."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
+    ] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+@app.command("eval")
+def eval_command(
+    embeddings: Annotated[
+        Path, typer.Option("--embeddings", help="An embeddings .npz file (see README).")
+    ],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(help="`default` (exact protocol) or `official` (HAPPIER/MSA evaluator)."),
+    ] = "default",
+    recall_at: Annotated[
+        str, typer.Option("--recall-at", help="Comma-separated k for recall@k.")
+    ] = "1,10,20",
+    device: Annotated[str, typer.Option(help="`cpu` or `cuda` (or `cuda:N`).")] = "cpu",
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(help="Queries ranked at a time; default: sized to a memory budget."),
+    ] = None,
+) -> None:
+    """Evaluate embeddings under the DyML protocol and print the metrics."""
+    from dymlbench.evaluation import evaluate_file
+    from dymlbench.evaluation.report import render_table
+
+    try:
+        ks = tuple(int(k) for k in recall_at.split(",") if k.strip())
+    except ValueError:
+        _fail(f"`--recall-at` must be comma-separated integers, but got {recall_at!r}")
+    try:
+        report = evaluate_file(
+            embeddings, mode=mode, recall_at=ks, device=device, chunk_size=chunk_size
+        )
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        _fail(str(error))
+
+    _console().print(render_table(report))
+    if json_out is not None:
+        report.write_json(json_out)
+        logger.info("wrote %s", json_out)
+
+
+@data_app.command("toy")
+def data_toy_command(
+    out: Annotated[Path, typer.Option("--out", help="The dataset folder to create.")],
+    layout: Annotated[
+        str, typer.Option(help="`vehicle` (three benchmarks) or `product` (one test set).")
+    ] = "vehicle",
+    seed: Annotated[int, typer.Option(help="Generator seed; the files are a function of it.")] = 0,
+) -> None:
+    """Generate the small hierarchical toy dataset in the released DyML layout."""
+    from dymlbench.data import ToyConfig, generate_toy_dataset
+
+    try:
+        generate_toy_dataset(out, seed=seed, config=ToyConfig(layout=layout))
+    except (ValueError, FileExistsError) as error:
+        _fail(str(error))
+
+
+@data_app.command("check")
+def data_check_command(
+    dataset: Annotated[str, typer.Option(help="`vehicle`, `animal`, `product` or `toy`.")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="The dataset folder; default `$DYMLBENCH_DATA`."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
+    ] = None,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Only check that the files exist; decode nothing.")
+    ] = False,
+) -> None:
+    """Check a dataset's label files and images; exit 1 on any problem."""
+    import json
+
+    from dymlbench.data import DataSpec, check_dataset, render_check_report
+
+    try:
+        report = check_dataset(DataSpec(dataset=dataset, data_dir=data_dir), full=not fast)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+
+    _console().print(render_check_report(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        logger.info("wrote %s", json_out)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    """Run the ``dymlbench`` command line."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
