@@ -94,6 +94,10 @@ def eval_command(
         int | None,
         typer.Option(help="Queries ranked at a time; default: sized to a memory budget."),
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(help="`exact` (full ranking) or `faiss` (top-k search: recall@k only)."),
+    ] = "exact",
 ) -> None:
     """Evaluate embeddings under the DyML protocol and print the metrics."""
     from dymlbench.evaluation import evaluate_file
@@ -105,7 +109,12 @@ def eval_command(
         _fail(f"`--recall-at` must be comma-separated integers, but got {recall_at!r}")
     try:
         report = evaluate_file(
-            embeddings, mode=mode, recall_at=ks, device=device, chunk_size=chunk_size
+            embeddings,
+            mode=mode,
+            recall_at=ks,
+            device=device,
+            chunk_size=chunk_size,
+            backend=backend,
         )
     except (ValueError, TypeError, FileNotFoundError) as error:
         _fail(str(error))

@@ -118,6 +118,7 @@ def evaluate_file(
     recall_at: Sequence[int] = (1, 10, 20),
     device: str = "cpu",
     chunk_size: int | None = None,
+    backend: str = "exact",
 ) -> EvaluationReport:
     """Evaluate an embeddings file with the protocol its layout selects.
 
@@ -127,7 +128,12 @@ def evaluate_file(
     try:
         if isinstance(content, dict):
             return evaluate_benchmarks(
-                content, mode=mode, recall_at=recall_at, device=device, chunk_size=chunk_size
+                content,
+                mode=mode,
+                recall_at=recall_at,
+                device=device,
+                chunk_size=chunk_size,
+                backend=backend,
             )
         embeddings, labels = content
         return evaluate_leave_one_out(
@@ -137,6 +143,7 @@ def evaluate_file(
             recall_at=recall_at,
             device=device,
             chunk_size=chunk_size,
+            backend=backend,
         )
     except (ValueError, TypeError) as error:
         raise type(error)(f"{path}: {error}") from error

@@ -62,11 +62,14 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["default", "official"]
 MODES: tuple[str, ...] = ("default", "official")
+Backend = Literal["exact", "faiss"]
+BACKENDS: tuple[str, ...] = ("exact", "faiss")
 OFFICIAL_BATCH_SIZE = 256
 """Queries per batch of the official evaluator's averaging."""
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 """Bytes of working memory per chunk of queries when no chunk size is given."""
 _BYTES_PER_SCORE = 40
+_BYTES_PER_GRADED_ITEM = 160
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ def evaluate_leave_one_out(
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
     relevance_alpha: float = 1.0,
+    backend: Backend = "exact",
 ) -> EvaluationReport:
     """Evaluate a leave-one-out set: every item queries all the others.
 
@@ -111,6 +115,8 @@ def evaluate_leave_one_out(
         device: where to rank (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         chunk_size: queries ranked at a time; by default sized to a 512 MiB budget.
         relevance_alpha: exponent of the pop relevance of ``multi/hap``.
+        backend: ``"exact"`` ranks the full gallery; ``"faiss"`` computes only ``recall@k``
+            from a faiss top-k search (see :mod:`dymlbench.evaluation.knn`).
 
     Returns:
         The report: ``<level>/<metric>``, ``overall/<metric>`` and, with two or more levels,
@@ -125,6 +131,7 @@ def evaluate_leave_one_out(
         (1.0, 1.0)
     """
     _check_mode(mode)
+    _check_backend(backend, mode)
     ks = _check_recall_at(recall_at)
     embeddings = _as_embeddings(embeddings, "embeddings")
     labels = _as_labels(labels, "labels", n_rows=embeddings.shape[0], single_column=False)
@@ -134,6 +141,10 @@ def evaluate_leave_one_out(
 
     emb = _normalise(embeddings, device)
     lab = labels.to(device)
+    if backend == "faiss":
+        rows = np.arange(embeddings.shape[0])
+        per_query = _faiss_recall(emb, lab, emb, lab, names=names, recall_at=ks, own=(rows, rows))
+        return _aggregate(per_query, names=names, mode=mode, protocol="leave_one_out")
     exclude = "top" if mode == "official" else "self"
     per_query = _rank_and_score(
         emb,
@@ -159,6 +170,7 @@ def evaluate_benchmarks(
     recall_at: Sequence[int] = (1, 10, 20),
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
+    backend: Backend = "exact",
 ) -> EvaluationReport:
     """Evaluate per-level query/gallery benchmarks (the DyML-Vehicle / Animal protocol).
 
@@ -168,6 +180,7 @@ def evaluate_benchmarks(
         recall_at: the ``k`` of ``recall@k``.
         device: where to rank.
         chunk_size: queries ranked at a time; by default sized to a 512 MiB budget.
+        backend: ``"exact"`` ranks the full gallery; ``"faiss"`` computes only ``recall@k``.
 
     Returns:
         The report: ``<level>/<metric>`` per benchmark and ``overall/<metric>``, their mean.
@@ -181,6 +194,7 @@ def evaluate_benchmarks(
         1.0
     """
     _check_mode(mode)
+    _check_backend(backend, mode)
     ks = _check_recall_at(recall_at)
     if not benchmarks:
         raise ValueError("`benchmarks` must hold at least one level, but got none")
@@ -210,6 +224,18 @@ def evaluate_benchmarks(
             single_column=True,
         )
         ids = _id_codes(bench, name, query.shape[0], gallery.shape[0])
+        if backend == "faiss":
+            values = _faiss_recall(
+                _normalise(query, device),
+                query_labels,
+                _normalise(gallery, device),
+                gallery_labels,
+                names=(name,),
+                recall_at=ks,
+                own=_own_pairs(*ids) if ids is not None else None,
+            )
+            per_query.update(values)
+            continue
         if ids is not None:
             ids = (ids[0].to(device), ids[1].to(device))
         exclude = "top" if mode == "official" else ("ids" if ids is not None else "none")
@@ -251,7 +277,8 @@ def _rank_and_score(
     harmonic = harmonic_numbers(n_gallery, device=device)
     discounts = cumulative_log_discounts(n_gallery, device=device) if graded else None
     if chunk_size is None:
-        chunk_size = max(1, DEFAULT_MEMORY_BUDGET // (_BYTES_PER_SCORE * max(n_gallery, 1)))
+        per_row = (_BYTES_PER_SCORE + (_BYTES_PER_GRADED_ITEM if graded else 0)) * n_gallery
+        chunk_size = max(1, DEFAULT_MEMORY_BUDGET // max(per_row, 1))
     elif chunk_size < 1:
         raise ValueError(f"`chunk_size` must be at least 1, but got {chunk_size}")
 
@@ -269,7 +296,9 @@ def _rank_and_score(
                 index,
                 n_kept=n_kept.numpy(),
                 graded=graded,
-                n_threads=torch.get_num_threads(),
+                # Dense levels spend their time in sorts that release the GIL; sparse ones are
+                # bound by the interpreter, where threads only add overhead.
+                n_threads=torch.get_num_threads() if index.has_dense_class else 1,
             )
         else:
             kept = scores != -math.inf
@@ -295,6 +324,49 @@ def _rank_and_score(
                 columns.setdefault(f"multi/{metric}", []).append(column)
 
     return {key: torch.cat(parts).cpu().numpy() for key, parts in columns.items()}
+
+
+def _faiss_recall(
+    query: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    *,
+    names: Sequence[str],
+    recall_at: Sequence[int],
+    own: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """Per-query ``recall@k`` of every level from a faiss top-k search."""
+    from dymlbench.evaluation.knn import top_k_recall
+
+    values = top_k_recall(
+        query.cpu().numpy(),
+        query_labels.cpu().numpy(),
+        gallery.cpu().numpy(),
+        gallery_labels.cpu().numpy(),
+        recall_at=recall_at,
+        own_pairs=own,
+        use_gpu=query.device.type == "cuda",
+    )
+    return {
+        f"{name}/recall@{k}": values[level][:, column]
+        for level, name in enumerate(names)
+        for column, k in enumerate(recall_at)
+    }
+
+
+def _own_pairs(
+    query_codes: torch.Tensor, gallery_codes: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(query_rows, gallery_items)`` of every gallery item whose id equals its query's."""
+    query_codes, gallery_codes = query_codes.cpu().numpy(), gallery_codes.cpu().numpy()
+    order = np.argsort(gallery_codes, kind="stable")
+    low = np.searchsorted(gallery_codes[order], query_codes, side="left")
+    high = np.searchsorted(gallery_codes[order], query_codes, side="right")
+    rows = np.repeat(np.arange(query_codes.size), high - low)
+    starts = np.repeat(low, high - low)
+    offsets = np.arange(rows.size) - np.repeat(np.cumsum(high - low) - (high - low), high - low)
+    return rows, order[starts + offsets]
 
 
 def _transposed(gallery: torch.Tensor) -> torch.Tensor:
@@ -406,6 +478,16 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {list(MODES)}, but got {mode!r}")
+
+
+def _check_backend(backend: str, mode: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {list(BACKENDS)}, but got {backend!r}")
+    if backend == "faiss" and mode == "official":
+        raise ValueError(
+            "`backend` 'faiss' must go with mode 'default', but got mode 'official'; the "
+            "official evaluator's rules need the exact backend"
+        )
 
 
 def _check_recall_at(recall_at: Sequence[int]) -> tuple[int, ...]:

@@ -252,10 +252,11 @@ class GalleryIndex:
 
     Args:
         labels: int ``[n_gallery, n_levels]`` gallery labels.
-        cache_size: graded member lists kept, keyed by the query's label row.
+        cache_items: graded member lists are kept, keyed by the query's label row, up to this
+            many items in all (5 bytes each).
     """
 
-    def __init__(self, labels: np.ndarray, *, cache_size: int = 4096) -> None:
+    def __init__(self, labels: np.ndarray, *, cache_items: int = 2**23) -> None:
         self.n_gallery, self.n_levels = labels.shape
         self._members: list[dict[int, np.ndarray]] = []
         for level in range(self.n_levels):
@@ -269,8 +270,15 @@ class GalleryIndex:
                     for label, start, count in zip(classes, starts, counts, strict=True)
                 }
             )
+        largest = max(
+            (int(count) for members in self._members for count in map(len, members.values())),
+            default=0,
+        )
+        self.has_dense_class = largest * _DENSE_SHARE > self.n_gallery
+        """Whether some class takes the dense path, whose sorts run well in parallel threads."""
         self._graded: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
-        self._cache_size = cache_size
+        self._cache_items = cache_items
+        self._cached_items = 0
         self._empty = np.zeros(0, dtype=np.int64)
 
     def members(self, level: int, label: int) -> np.ndarray:
@@ -283,10 +291,13 @@ class GalleryIndex:
         found = self._graded.get(key)
         if found is None:
             parts = [self.members(level, label) for level, label in enumerate(key)]
-            found = np.unique(np.concatenate(parts), return_counts=True)
-            if len(self._graded) >= self._cache_size:
+            items, grades = np.unique(np.concatenate(parts), return_counts=True)
+            found = (items.astype(np.int32), grades.astype(np.int8))
+            if self._cached_items + items.size > self._cache_items:
                 self._graded.clear()
+                self._cached_items = 0
             self._graded[key] = found
+            self._cached_items += items.size
         return found
 
 
@@ -301,11 +312,11 @@ def rank_chunk_by_rows(
 ) -> ChunkRanks:
     """Rank a chunk one query at a time with NumPy (the kernel used on CPU).
 
-    A query's relevant items are ranked against the gallery items that could precede them: for
-    a level with few relevant items, only the items scoring at least as high as the worst
-    relevant one are sorted (for a useful embedding a small part of the gallery); for a level
-    where a large share of the gallery is relevant, the relevant and the other items are sorted
-    apart and counted against each other.
+    A query's relevant items are ranked against the gallery items that could precede them: the
+    items scoring at least as high as its worst relevant item (for a useful embedding a small
+    part of the gallery) are sorted once and serve every level and the graded ranking. A query
+    with a single ranking in which a large share of the gallery is relevant instead sorts the
+    relevant and the other items apart and counts them against each other.
 
     Args:
         scores: float32 ``[n_rows, n_gallery]``, ``-inf`` for excluded items.
@@ -351,7 +362,7 @@ def rank_chunk_by_rows(
 
 
 _DENSE_SHARE = 8
-"""A level whose relevant items exceed 1/8 of the gallery is ranked by sorting both sides."""
+"""A single ranking whose relevant items exceed 1/8 of the gallery sorts both sides apart."""
 
 
 def _rank_rows(
@@ -373,36 +384,27 @@ def _rank_rows(
         member_lists = [
             index.members(level, query_labels[row_id, level]) for level in range(n_levels)
         ]
-        relevant = [_finite(row[members]) for members in member_lists]
-        sparse = {
-            level
-            for level, members in enumerate(member_lists)
-            if members.size * _DENSE_SHARE <= n_gallery
-        }
-        candidates = None
-        if sparse:
-            lowest = min(
-                (relevant[level].min() for level in sparse if relevant[level].size), default=np.inf
-            )
-            candidates = row[row >= lowest]
-            candidates.sort()
-        for level, members in enumerate(member_lists):
-            descending = np.sort(relevant[level])[::-1]
-            if level in sparse:
-                ranks = _ranks_among(candidates, descending)
-            else:
-                ranks = _ranks_against(_others(row, members), descending)
-            level_parts[level].append(ranks)
-
+        rankings = [np.sort(_finite(row[members]))[::-1] for members in member_lists]
         if graded:
             items, grades = index.graded_members(query_labels[row_id])
             values = row[items]
             ranked = values > -np.inf
             set_counts[out_row] = np.bincount(grades, minlength=n_levels + 1)
             list_counts[out_row] = np.bincount(grades[ranked], minlength=n_levels + 1)
-            descending, item_grades = _graded_order(values[ranked], grades[ranked])
-            ranks = _ranks_against(_others(row, items), descending)
-            graded_parts.append((ranks, item_grades))
+            graded_values, graded_grades = _graded_order(values[ranked], grades[ranked])
+            rankings.append(graded_values)
+
+        if len(rankings) == 1 and member_lists[0].size * _DENSE_SHARE > n_gallery:
+            level_parts[0].append(_ranks_against(_others(row, member_lists[0]), rankings[0]))
+            continue
+        # One sort of every item that can precede a relevant one serves all the rankings.
+        lowest = min((values[-1] for values in rankings if values.size), default=np.inf)
+        candidates = row[row >= lowest]
+        candidates.sort()
+        for level in range(n_levels):
+            level_parts[level].append(_ranks_among(candidates, rankings[level]))
+        if graded:
+            graded_parts.append((_ranks_among(candidates, rankings[-1]), graded_grades))
     return level_parts, graded_parts, set_counts, list_counts
 
 
@@ -423,7 +425,10 @@ def _ranks_among(candidates: np.ndarray, descending: np.ndarray) -> np.ndarray:
     """Ranks of relevant items (scores ``descending``) among sorted candidates, which hold
     every item scoring at least as high as the lowest of them, relevant ones included."""
     ascending = descending[::-1]
-    at_least = candidates.size - np.searchsorted(candidates, descending, side="left")
+    # Ascending keys let NumPy's binary search narrow from the previous answer.
+    at_least = candidates.size - np.searchsorted(candidates, ascending, side="left")[::-1]
+    if not (descending[1:] == descending[:-1]).any():
+        return at_least  # without ties, the relevant items at least as high are those before
     relevant_at_least = ascending.size - np.searchsorted(ascending, descending, side="left")
     return at_least - relevant_at_least + np.arange(1, descending.size + 1)
 

@@ -301,3 +301,41 @@ def test_cuda_equals_cpu() -> None:
     cuda = evaluate_leave_one_out(noisy, labels, device="cuda")
     for key, value in cpu.metrics.items():
         assert cuda.metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_faiss_backend_recall_equals_the_exact_one() -> None:
+    rng = np.random.default_rng(6)
+    embeddings = rng.normal(size=(300, 16)).astype(np.float32)
+    fine = rng.integers(0, 30, size=300)
+    labels = np.stack([fine, fine // 5, fine // 15], axis=1)
+    exact = evaluate_leave_one_out(embeddings, labels, recall_at=(1, 5, 50))
+    knn = evaluate_leave_one_out(embeddings, labels, recall_at=(1, 5, 50), backend="faiss")
+    assert set(knn.metrics) == {key for key in exact.metrics if "/recall@" in key}
+    for key, value in knn.metrics.items():
+        assert value == exact.metrics[key], key
+
+
+def test_faiss_backend_excludes_own_entries_by_id() -> None:
+    embeddings, labels = _hierarchical_embeddings()
+    rng = np.random.default_rng(7)
+    noisy = embeddings + rng.normal(scale=0.8, size=embeddings.shape).astype(np.float32)
+    query_rows = np.arange(0, len(labels), 2)
+    bench = Benchmark(
+        query_embeddings=noisy[query_rows],
+        query_labels=labels[query_rows, 0],
+        gallery_embeddings=noisy,
+        gallery_labels=labels[:, 0],
+        query_ids=query_rows,
+        gallery_ids=np.arange(len(labels)),
+    )
+    exact = evaluate_benchmarks({"fine": bench}, recall_at=(1, 2))
+    knn = evaluate_benchmarks({"fine": bench}, recall_at=(1, 2), backend="faiss")
+    for key, value in knn.metrics.items():
+        assert value == exact.metrics[key], key
+    assert knn.metrics["fine/recall@1"] < 1.0  # the query's own copy is not counted
+
+
+def test_faiss_backend_refuses_the_official_mode() -> None:
+    embeddings, labels = _hierarchical_embeddings()
+    with pytest.raises(ValueError, match="must go with mode 'default'"):
+        evaluate_leave_one_out(embeddings, labels, backend="faiss", mode="official")
