@@ -384,7 +384,7 @@ def _rank_rows(
         member_lists = [
             index.members(level, query_labels[row_id, level]) for level in range(n_levels)
         ]
-        rankings = [np.sort(_finite(row[members]))[::-1] for members in member_lists]
+        graded_values = None
         if graded:
             items, grades = index.graded_members(query_labels[row_id])
             values = row[items]
@@ -392,6 +392,15 @@ def _rank_rows(
             set_counts[out_row] = np.bincount(grades, minlength=n_levels + 1)
             list_counts[out_row] = np.bincount(grades[ranked], minlength=n_levels + 1)
             graded_values, graded_grades = _graded_order(values[ranked], grades[ranked])
+        # A level with as many items as the graded list has the same items (its members are
+        # part of that list): its scores, and so its ranks, are the graded ones.
+        rankings = [
+            graded_values
+            if graded_values is not None and members.size == items.size
+            else np.sort(_finite(row[members]))[::-1]
+            for members in member_lists
+        ]
+        if graded_values is not None:
             rankings.append(graded_values)
 
         if len(rankings) == 1 and member_lists[0].size * _DENSE_SHARE > n_gallery:
@@ -401,10 +410,14 @@ def _rank_rows(
         lowest = min((values[-1] for values in rankings if values.size), default=np.inf)
         candidates = row[row >= lowest]
         candidates.sort()
-        for level in range(n_levels):
-            level_parts[level].append(_ranks_among(candidates, rankings[level]))
-        if graded:
-            graded_parts.append((_ranks_among(candidates, rankings[-1]), graded_grades))
+        computed: dict[int, np.ndarray] = {}
+        for level, descending in enumerate(rankings):
+            if id(descending) not in computed:
+                computed[id(descending)] = _ranks_among(candidates, descending)
+            if level < n_levels:
+                level_parts[level].append(computed[id(descending)])
+            else:
+                graded_parts.append((computed[id(descending)], graded_grades))
     return level_parts, graded_parts, set_counts, list_counts
 
 
