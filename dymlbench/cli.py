@@ -174,6 +174,158 @@ def data_check_command(
         raise typer.Exit(code=1)
 
 
+@app.command("run")
+def run_command(
+    method: Annotated[
+        str, typer.Argument(help="Registry key of the method (`dymlbench methods`).")
+    ],
+    dataset: Annotated[str, typer.Option(help="`vehicle`, `animal`, `product` or `toy`.")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="The dataset folder; default `$DYMLBENCH_DATA`."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the run (engine.seed).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (optim.epochs).")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: `--set optim.lr=0.01` (repeatable)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="The run folder; default runs/<method>-<dataset>-..."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="`auto`, `cpu` or `cuda` (engine.device).")
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights", help="Initial backbone weights: a state dict, timm or DINO checkpoint."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --output from its checkpoint.")
+    ] = False,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="A YAML config (e.g. a saved config.yaml).")
+    ] = None,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="Show no progress bar.")
+    ] = False,
+) -> None:
+    """Train a method, evaluate it, and print the table beside the published numbers."""
+    from dymlbench.config import resolve_config
+    from dymlbench.data import DataFormatError, DataNotFoundError, ImageFilesError
+    from dymlbench.engine import NonFiniteLossError, train
+
+    flags = {
+        "data.data_dir": data_dir,
+        "engine.seed": seed,
+        "optim.epochs": epochs,
+        "engine.device": device,
+        "model.pretrained": weights,
+    }
+    assignments = list(overrides or [])
+    assignments += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if no_progress:
+        assignments.append("engine.progress=false")
+    if resume and output is None:
+        _fail("`--resume` must come with `--output` naming the run folder to continue")
+    if resume and config_file is None:
+        config_file = output / "config.yaml"
+    try:
+        config = resolve_config(
+            method=method, dataset=dataset, config_file=config_file, overrides=assignments
+        )
+        result = train(config, output_dir=output, resume=resume)
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        DataNotFoundError,
+        DataFormatError,
+        ImageFilesError,
+        NonFiniteLossError,
+    ) as error:
+        _fail(str(error))
+    if result.record is None:
+        return
+
+    from dymlbench.evaluation.report import render_table
+
+    console = _console()
+    for name, report in result.reports.items():
+        table = render_table(report)
+        table.title = f"{table.title}: {name} network"
+        console.print(table)
+    console.print(_published_table(config.method_name, config.data.dataset, result.metrics))
+    console.print(f"run folder: {result.run_dir}", highlight=False, soft_wrap=True)
+
+
+def _published_table(method: str, dataset: str, metrics: dict[str, float]):
+    """This run's overall metrics beside the published ones of the method and dataset."""
+    from rich.table import Table
+
+    from dymlbench.published import published_results
+
+    keys = (
+        "overall/asi",
+        "overall/map",
+        "overall/recall@1",
+        "overall/recall@10",
+        "overall/recall@20",
+    )
+    table = Table(title=f"{method} on {dataset}: overall, percent")
+    table.add_column("result")
+    for key in keys:
+        table.add_column(key.removeprefix("overall/"), justify="right")
+    table.add_row("this run", *(_cell(metrics.get(key), 100.0) for key in keys))
+    rows = published_results(method, dataset)
+    for row in rows:
+        table.add_row(
+            f"published: {row.source}", *(_cell(row.metrics.get(key), 1.0) for key in keys)
+        )
+    if not rows:
+        table.caption = "no published numbers for this method and dataset"
+    return table
+
+
+def _cell(value: float | None, scale: float) -> str:
+    return "-" if value is None or value != value else f"{scale * value:.1f}"
+
+
+@app.command("methods")
+def methods_command() -> None:
+    """List the registered methods with their citation and default recipe per dataset."""
+    from rich.table import Table
+
+    from dymlbench.config import DATASETS
+    from dymlbench.registry import get_method, list_methods
+
+    keys = list_methods()
+    console = _console()
+    if not keys:
+        console.print("no methods are registered")
+        return
+    for key in keys:
+        method_type = get_method(key)
+        table = Table(title=f"{key}: {method_type.citation}", title_justify="left")
+        table.add_column("dataset")
+        table.add_column("run settings")
+        table.add_column("method settings")
+        for dataset in DATASETS:
+            try:
+                recipe = method_type.recipe(dataset)
+            except ValueError as error:
+                table.add_row(dataset, f"no recipe: {error}", "")
+                continue
+            run = ", ".join(f"{name}={value}" for name, value in recipe.run.items())
+            own = ", ".join(f"{name}={value}" for name, value in recipe.method.to_dict().items())
+            table.add_row(dataset, run or "defaults", own or "none")
+        console.print(table)
+
+
 def main() -> None:
     """Run the ``dymlbench`` command line."""
     app()

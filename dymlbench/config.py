@@ -255,8 +255,8 @@ class MethodConfig(ConfigBase):
 class DataConfig(ConfigBase):
     """Where the images come from and how they are read.
 
-    The keys are those of :class:`dymlbench.data.dataset.DataSpec`, so the data layer takes
-    this section as ``DataSpec.from_dict(config.data.to_dict())``.
+    This is the one definition of a dataset's options: the data layer takes it as is
+    (:data:`dymlbench.data.dataset.DataSpec` is this class under the data layer's name).
 
     Attributes:
         dataset: one of :data:`DATASETS`.
@@ -288,6 +288,20 @@ class DataConfig(ConfigBase):
     val_protocol: Literal["leave_one_out"] = "leave_one_out"
     toy_layout: Literal["vehicle", "product"] = "vehicle"
     toy_seed: int = bounded(0, ge=0)
+
+    @property
+    def crop_size(self) -> int:
+        """The side of the square crops fed to the network."""
+        if self.image_size is not None:
+            return self.image_size
+        return 64 if self.dataset == "toy" else 224
+
+    @property
+    def test_resize(self) -> int:
+        """The shorter side the test transform resizes to before the centre crop."""
+        if self.resize_size is not None:
+            return self.resize_size
+        return round(self.crop_size * 256 / 224)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

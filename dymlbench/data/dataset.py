@@ -15,16 +15,14 @@ read-only: nothing here writes into ``<root>``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from dymlbench.config import DataConfig
 from dymlbench.data.csvfiles import BENCHMARK_COLUMNS, HIERARCHY_COLUMNS, read_label_file
 from dymlbench.data.errors import DataNotFoundError
 from dymlbench.data.files import (
@@ -88,106 +86,13 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 """The datasets dymlbench reads, by key."""
 
-CHANNEL_ORDERS = ("bgr", "rgb")
-TOY_LAYOUTS = ("vehicle", "product")
+DataSpec = DataConfig
+"""Which dataset a run reads and how: the run configuration's ``data`` section.
 
-
-@dataclass(frozen=True, kw_only=True)
-class DataSpec:
-    """Which dataset a run reads and how; it is recorded in the run config.
-
-    Attributes:
-        dataset: ``vehicle``, ``animal``, ``product`` or ``toy``.
-        data_dir: the dataset folder; ``None`` to use ``$DYMLBENCH_DATA`` (for ``toy``: the
-            generated dataset in the cache).
-        channel_order: the channel order fed to the network. ``bgr`` (default) is what the MSA
-            code feeds (it decodes with OpenCV); ``rgb`` is what HAPPIER feeds (PIL). The DyML
-            loader notes that the stored JPEGs have swapped channels, so which one is "true"
-            RGB is uncertain. The normalisation constants apply to the channels in fed order.
-        image_size: side of the square crops; ``None`` for the dataset default (224, toy 64).
-        resize_size: shorter side before the test centre crop; ``None`` for
-            ``round(image_size * 256 / 224)``.
-        val_fraction: share of the train fine classes held out, whole classes, as the
-            validation split (0 for none).
-        val_seed: seed of the choice of validation classes.
-        val_protocol: how the validation split is evaluated: ``leave_one_out`` (each image
-            queries all the others).
-        toy_layout: layout of the generated toy dataset, ``vehicle`` or ``product``.
-        toy_seed: seed of the generated toy dataset.
-    """
-
-    dataset: str
-    data_dir: Path | None = None
-    channel_order: str = "bgr"
-    image_size: int | None = None
-    resize_size: int | None = None
-    val_fraction: float = 0.0
-    val_seed: int = 0
-    val_protocol: str = "leave_one_out"
-    toy_layout: str = "vehicle"
-    toy_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(
-                f"`dataset` must be one of {', '.join(DATASETS)}, but got {self.dataset!r}"
-            )
-        if self.channel_order not in CHANNEL_ORDERS:
-            raise ValueError(
-                f"`channel_order` must be 'bgr' or 'rgb', but got {self.channel_order!r}"
-            )
-        for name in ("image_size", "resize_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{name}` must be a positive integer or None, but got {value!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"`val_fraction` must be in [0, 1), but got {self.val_fraction!r}")
-        if self.val_protocol != "leave_one_out":
-            raise ValueError(
-                f"`val_protocol` must be 'leave_one_out', but got {self.val_protocol!r}"
-            )
-        if self.toy_layout not in TOY_LAYOUTS:
-            raise ValueError(
-                f"`toy_layout` must be 'vehicle' or 'product', but got {self.toy_layout!r}"
-            )
-        if self.data_dir is not None and not isinstance(self.data_dir, Path):
-            object.__setattr__(self, "data_dir", Path(self.data_dir))
-
-    @property
-    def crop_size(self) -> int:
-        """The side of the square crops fed to the network."""
-        if self.image_size is not None:
-            return self.image_size
-        return 64 if self.dataset == "toy" else 224
-
-    @property
-    def test_resize(self) -> int:
-        """The shorter side the test transform resizes to before the centre crop."""
-        if self.resize_size is not None:
-            return self.resize_size
-        return round(self.crop_size * 256 / 224)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The spec as plain values (for the run config)."""
-        values = dataclasses.asdict(self)
-        values["data_dir"] = str(self.data_dir) if self.data_dir is not None else None
-        return values
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> DataSpec:
-        """Build a spec from plain values, rejecting unknown keys.
-
-        Example:
-            >>> DataSpec.from_dict({"dataset": "toy", "channel_order": "rgb"}).crop_size
-            64
-        """
-        known = [spec_field.name for spec_field in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(
-                f"data spec keys must be among {', '.join(known)}, but got {', '.join(unknown)}"
-            )
-        return cls(**dict(values))
+The data layer's name for :class:`dymlbench.config.DataConfig`, the one definition of these
+options (keys, types, ranges and the ``crop_size`` / ``test_resize`` defaults), so that the
+run configuration and the data layer cannot drift apart.
+"""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

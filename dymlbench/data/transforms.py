@@ -37,6 +37,7 @@ def decode_image(path: str | Path, *, channel_order: str = "bgr") -> torch.Tenso
     Returns:
         uint8 ``[3, H, W]``.
     """
+    # TODO: move to TorchCodec or PIL: torchvision 0.29 deprecates its decoders for removal.
     from torchvision.io import ImageReadMode, read_file
     from torchvision.io import decode_image as decode
 

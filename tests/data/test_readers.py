@@ -333,9 +333,9 @@ def test_validation_split_is_class_disjoint_and_deterministic(tmp_path):
 
 
 def test_spec_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match="must be among dataset, data_dir"):
+    with pytest.raises(ValueError, match="did you mean `channel_order`.* dataset, data_dir"):
         DataSpec.from_dict({"dataset": "toy", "chanel_order": "rgb"})
-    with pytest.raises(ValueError, match="`channel_order` must be 'bgr' or 'rgb'"):
+    with pytest.raises(ValueError, match="`channel_order` must be one of 'bgr', 'rgb'"):
         DataSpec(dataset="toy", channel_order="hsv")
     spec = DataSpec(dataset="vehicle", data_dir="/data/v")
     assert DataSpec.from_dict(spec.to_dict()) == DataSpec(
