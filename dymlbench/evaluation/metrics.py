@@ -140,6 +140,7 @@ def graded_metrics(
     grade_counts: torch.Tensor,
     relevances: torch.Tensor,
     log_discounts: torch.Tensor,
+    harmonic: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """Multi-level metrics (``ndcg``, ``asi``, ``hap``) of every query of a chunk.
 
@@ -152,6 +153,7 @@ def graded_metrics(
             :func:`pop_relevances`.
         log_discounts: float64 ``[n + 1]``, cumulative discounts ``sum_{m <= j} 1/log2(1+m)``
             for ``j = 0..n`` with ``n`` at least the gallery size.
+        harmonic: ``harmonic_numbers(n)`` for the same ``n``.
 
     Returns:
         float64 ``[n_rows]`` per metric, NaN for queries without an item with ``t > 0``.
@@ -171,31 +173,26 @@ def graded_metrics(
     )
     # In the ideal order the items of level v fill positions (before_v, before_v + n_v].
     above = grade_counts[:, 1:].flip(1).cumsum(1).flip(1)
-    block_end = above
     block_start = above - grade_counts[:, 1:]
-    ideal = ((log_discounts[block_end] - log_discounts[block_start]) * gains).sum(1)
+    ideal = ((log_discounts[above] - log_discounts[block_start]) * gains).sum(1)
 
-    # Relevant items of each level at or before every rank k = 1..P of a row.
-    k_starts = torch.cumsum(counts, 0) - counts
-    within = ranks <= counts[rows]
-    hits = torch.zeros(int(counts.sum()), n_grades - 1, dtype=torch.int64, device=device)
-    hits.index_put_(
-        (k_starts[rows[within]] + ranks[within] - 1, grades[within] - 1),
-        torch.ones(int(within.sum()), dtype=torch.int64, device=device),
-        accumulate=True,
-    )
-    k_rows = torch.repeat_interleave(torch.arange(n_rows, device=device), counts)
-    seen = _segment_cumsum(hits, k_rows, k_starts)
-    k = (torch.arange(k_rows.numel(), device=device) - k_starts[k_rows] + 1)[:, None]
-    ideal_seen = (k - block_start[k_rows]).clamp(min=0).minimum(grade_counts[k_rows, 1:])
-    intersection = torch.minimum(seen, ideal_seen).sum(1).to(torch.float64) / k[:, 0]
-    asi = _segment_sum(intersection, k_rows, n_rows) / counts.to(torch.float64)
+    # Items of each level at or before each item of the row's ranked list, the item included.
+    starts = torch.cumsum(counts, 0) - counts
+    one_hot = torch.nn.functional.one_hot(grades - 1, n_grades - 1)
+    seen = _segment_cumsum(one_hot, rows, starts)
+
+    # ASI: at cut-off k the top-k items of level v meet the ideal top k in
+    # min(cnt_v(k), max(k - s_v, 0)) items (s_v: items of higher levels), so the j-th item of
+    # level v counts at every k >= max(rank, s_v + j), a harmonic difference as for binary ASI.
+    same_level_seen = seen.gather(1, (grades - 1)[:, None])[:, 0]
+    first_k = torch.maximum(ranks, block_start[rows, grades - 1] + same_level_seen)
+    n_items = counts[rows]
+    asi_terms = (harmonic[n_items] - harmonic[first_k - 1]) * (first_k <= n_items)
+    asi = _segment_sum(asi_terms, rows, n_rows) / counts.to(torch.float64)
 
     item_relevance = relevances[rows, grades]
-    one_hot = torch.nn.functional.one_hot(grades - 1, n_grades - 1)
-    seen_sequence = _segment_cumsum(one_hot, rows, k_starts)
     level_relevance = relevances[rows][:, 1:]
-    h_rank = (torch.minimum(level_relevance, item_relevance[:, None]) * seen_sequence).sum(1)
+    h_rank = (torch.minimum(level_relevance, item_relevance[:, None]) * seen).sum(1)
     relevance_total = (relevances[:, 1:] * grade_counts[:, 1:]).sum(1)
     hap = _segment_sum(h_rank / ranks.double(), rows, n_rows) / relevance_total
 

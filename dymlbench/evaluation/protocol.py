@@ -69,7 +69,7 @@ OFFICIAL_BATCH_SIZE = 256
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 """Bytes of working memory per chunk of queries when no chunk size is given."""
 _BYTES_PER_SCORE = 40
-_BYTES_PER_GRADED_ITEM = 160
+_BYTES_PER_GRADED_ITEM = 80
 
 
 @dataclass(frozen=True)
@@ -319,6 +319,7 @@ def _rank_and_score(
                 grade_counts=ranked.list_counts,
                 relevances=relevances,
                 log_discounts=discounts,
+                harmonic=harmonic,
             )
             for metric, column in values.items():
                 columns.setdefault(f"multi/{metric}", []).append(column)
