@@ -10,6 +10,35 @@ normalise them again, as in the official code); ``labels`` is ``[n, n_levels]`` 
 the finest level; a *label table* holds one row of labels per training item or class; a
 *recipe* is a method's per-dataset hyperparameters. The loss expects float32 inputs and is meant
 to run outside autocast.
+
+The registered method ``csl`` (:class:`CSL`) is CSL as the HAPPIER code trains it:
+
+- head: :class:`methods.happier.HAPPIERHead` (the HAPPIER code's ``RetrievalNet`` with
+  ``norm_features: True``): LayerNorm without affine on the pooled feature, a linear layer, and
+  L2 normalisation in training too, which the loss relies on;
+- loss: :class:`CSLLoss` with one proxy per fine class, each carrying its fine, middle and coarse
+  labels, taken from the training hierarchy (:meth:`dymlbench.hierarchy.Hierarchy.ancestors`);
+  margins 0.25 / 0.35 / 0.45, scale 32, the levels summed (``csl.yaml``);
+- parameter groups: ``"heads"`` and ``"proxies"``, with their multipliers.
+
+Recipes: the loss settings above on every dataset, and the run of the HAPPIER code's DyML
+configs, the same as HAPPIER's (:func:`methods.happier.happier_run`):
+
+- Vehicle and Animal: ResNet-34 from scratch, 512-d, batches of 64 fine classes x 4 images, SGD
+  Nesterov 0.9, lr 0.1 for the backbone, head and proxies, weight decay 1e-4, 100 epochs, cosine
+  per epoch to 1e-6 (``dyml.yaml``, ``dyml_resnet34.yaml``);
+- Product: torchvision's ImageNet weights (``resnet34.tv_in1k``), batch-norm frozen
+  (``dyml_resnet34_product.yaml``); SGD
+  Nesterov 0.9, backbone lr 0.01, head x2 (``dyml_product.yaml``), proxies x1 (``csl_product.yaml``
+  gives the loss the backbone's optimiser settings, ``optimizer.opt.0``), weight decay 1e-4,
+  20 epochs, cosine to 1e-5, the backbone not stepped for the first 5 epochs (the README's
+  Product command for HAPPIER; the code ships no CSL command, so the same run is assumed);
+- toy: the classic baselines' toy run (``test_resnet``, 64-d, 16 x 4, Adam lr 1e-3, 2 epochs).
+
+The MSA code holds another Product optimiser for CSL (``dyml_product_csl.yaml``: backbone lr
+1e-3, head x2); it is ``--set optim.lr=0.001``. These recipes correspond to the "CSL (rerun by
+HAPPIER)" row of the published table, not to the DyML paper's own training (a ``Linear(512,
+512)`` head without LayerNorm, max pooling, no published optimiser settings).
 """
 
 from __future__ import annotations
@@ -22,6 +51,12 @@ from types import MappingProxyType
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dymlbench.config import DATASETS, ConfigError, MethodConfig, bounded
+from dymlbench.hierarchy import Hierarchy
+from dymlbench.method import Method, ParamGroup, Recipe, StepInput, StepOutput
+from dymlbench.registry import register_method
+from methods.happier import HAPPIERHead, happier_run
 
 
 @dataclass(frozen=True)
@@ -143,3 +178,137 @@ class CSLLoss(nn.Module):
 
         total = sum(per_level)
         return total, {f"loss_level{level}": loss.detach() for level, loss in enumerate(per_level)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CSLConfig(MethodConfig):
+    """The ``method`` section of a CSL run; the defaults are the Vehicle recipe.
+
+    Attributes:
+        margins: margin of each level, fine first (one per level of the training hierarchy).
+        scale: scale of the cosine similarities.
+        proxies_seed: seed of the proxies' initialisation (0 in the official configs, whatever
+            the run's seed), or ``None`` to draw them from the run's global generator.
+        head_lr_mult: learning-rate multiplier of the group ``"heads"``.
+        proxy_lr_mult: learning-rate multiplier of the group ``"proxies"``.
+    """
+
+    margins: tuple[float, ...] = (0.25, 0.35, 0.45)
+    scale: float = bounded(32.0, gt=0.0)
+    proxies_seed: int | None = bounded(0, ge=0)
+    head_lr_mult: float = bounded(1.0, gt=0.0)
+    proxy_lr_mult: float = bounded(1.0, gt=0.0)
+
+    def validate(self) -> None:
+        """Check that there is a margin per level."""
+        if not self.margins:
+            raise ConfigError("margins", "must hold one margin per level, but got []")
+
+    def loss_config(self) -> CSLLossConfig:
+        """The loss recipe this config holds."""
+        return CSLLossConfig(margins=self.margins, scale=self.scale)
+
+
+PRODUCT_HEAD_LR_MULT = 2.0
+"""Learning-rate multiplier of the head on Product (``dyml_product.yaml``); the proxies stay x1."""
+
+CSL_RECIPES: Mapping[str, CSLConfig] = MappingProxyType(
+    {
+        dataset: CSLConfig(
+            margins=CSL_LOSS_RECIPES[dataset].margins,
+            scale=CSL_LOSS_RECIPES[dataset].scale,
+            head_lr_mult=PRODUCT_HEAD_LR_MULT if dataset == "product" else 1.0,
+        )
+        for dataset in DATASETS
+    }
+)
+"""The ``method`` section of each recipe (module docstring)."""
+
+
+@register_method("csl")
+class CSL(Method):
+    """CSL: per-level margins against one proxy per fine class that carries its coarser labels.
+
+    Args:
+        config: a :class:`CSLConfig`.
+        feature_dim: size of the backbone's pooled features.
+        embedding_dim: size of the embedding (512 in the recipes).
+        hierarchy: the training hierarchy; its fine classes, with their ancestors, are the
+            proxies' label table.
+
+    Example:
+        >>> import numpy as np
+        >>> hierarchy = Hierarchy.from_labels(np.array([[0, 0, 0], [1, 0, 0], [2, 1, 0]]))
+        >>> method = CSL(
+        ...     config=CSL_RECIPES["toy"], feature_dim=8, embedding_dim=4, hierarchy=hierarchy
+        ... )
+        >>> method.loss.proxy_labels.tolist()
+        [[0, 0, 0], [1, 0, 0], [2, 1, 0]]
+    """
+
+    citation = (
+        "Y. Sun, Y. Zhu, Y. Zhang, P. Zheng, X. Qiu, C. Zhang and Y. Wei. Dynamic Metric "
+        "Learning: Towards a Scalable Metric Space to Accommodate Multiple Semantic Scales. "
+        "CVPR 2021 (as implemented by E. Ramzi et al., Hierarchical Average Precision Training "
+        "for Pertinent Image Retrieval, ECCV 2022)."
+    )
+    config_type = CSLConfig
+
+    def __init__(
+        self,
+        *,
+        config: CSLConfig,
+        feature_dim: int,
+        embedding_dim: int,
+        hierarchy: Hierarchy,
+    ) -> None:
+        super().__init__(
+            config=config,
+            feature_dim=feature_dim,
+            embedding_dim=embedding_dim,
+            hierarchy=hierarchy,
+        )
+        if len(config.margins) != self.n_levels:
+            raise ValueError(
+                f"`method.margins` must hold one margin per level of the training hierarchy "
+                f"({self.n_levels}), but got {list(config.margins)}; "
+                "set it with --set method.margins=[...]"
+            )
+        self.level_names = hierarchy.level_names
+        self.head = HAPPIERHead(feature_dim=feature_dim, embedding_dim=embedding_dim)
+        self.loss = CSLLoss(
+            label_table=torch.from_numpy(hierarchy.ancestors(0)),
+            embedding_dim=embedding_dim,
+            config=config.loss_config(),
+            proxies_seed=config.proxies_seed,
+        )
+
+    @classmethod
+    def recipe(cls, dataset: str) -> Recipe:
+        """The recipe of the module docstring for ``dataset``."""
+        run = happier_run(dataset)
+        return Recipe(method=CSL_RECIPES[dataset], run=run)
+
+    def training_step(self, batch: StepInput) -> StepOutput:
+        """The loss summed over levels; the logs are the per-level terms ``loss/<level>``."""
+        total, parts = self.loss(self.head(batch.features), batch.labels)
+        logs = {
+            f"loss/{name}": parts[f"loss_level{level}"]
+            for level, name in enumerate(self.level_names)
+        }
+        return StepOutput(loss=total, logs=logs)
+
+    def embed(self, features: Tensor) -> Tensor:
+        """The head's L2-normalised output, ``[batch, embedding_dim]``."""
+        return self.head(features)
+
+    def param_groups(self) -> list[ParamGroup]:
+        """``"heads"`` and ``"proxies"``, with their multipliers."""
+        return [
+            ParamGroup(
+                name="heads", params=self.head.parameters(), lr_mult=self.config.head_lr_mult
+            ),
+            ParamGroup(
+                name="proxies", params=self.loss.parameters(), lr_mult=self.config.proxy_lr_mult
+            ),
+        ]

@@ -1,4 +1,4 @@
-"""HAPPIER: hierarchical average precision training, its H-AP surrogate and cluster loss.
+"""HAPPIER: hierarchical average precision training, its H-AP surrogate, cluster loss and method.
 
 Ramzi, Audebert, Thome, Rambour and Bitot, "Hierarchical Average Precision Training for
 Pertinent Image Retrieval", ECCV 2022 (official code: github.com/elias-ramzi/HAPPIER). The losses
@@ -10,6 +10,41 @@ normalise them again); ``labels`` is ``[n, n_levels]`` with column 0 the finest 
 *match* of two items is the number of label columns on which they agree; a *recipe* is a method's
 per-dataset hyperparameters. The losses expect float32 inputs and are meant to run outside
 autocast.
+
+The registered method ``happier`` (:class:`HAPPIER`):
+
+- head (:class:`HAPPIERHead`, the official ``RetrievalNet`` with ``norm_features: True``): the
+  pooled feature standardised by a LayerNorm without affine, then ``Linear(feature_dim,
+  embedding_dim)``, then L2-normalised, in training as in evaluation (``normalize`` defaults to
+  true); the loss and the evaluator get the same embedding;
+- loss: :class:`HAPPIERLoss`, ``hap_weight * (1 - H-AP surrogate) + cluster_weight *`` the
+  fine-level normalised-softmax loss;
+- parameter groups: ``"heads"`` (the linear layer) and ``"proxies"`` (the cluster loss's), with
+  their multipliers (the official cluster loss takes the settings of the optimiser its config
+  names).
+
+Recipes (official ``config/{loss,optimizer,model}`` and the README's DyML commands; REFERENCE.md
+section 4), every one with a ResNet-34, a 512-d embedding, batches of 64 fine classes x 4 images
+and the cosine schedule stepped once per epoch:
+
+- Vehicle: weights 0.9 / 0.1 (``HAPPIER.yaml``); Animal: 0.5 / 0.5 (``HAPPIER_5.yaml``); both
+  from scratch (``dyml_resnet34.yaml``: ``pretrained: False``), one SGD over the whole network
+  and the proxies (``dyml.yaml``): Nesterov momentum 0.9, lr 0.1 (heads and proxies x1), weight
+  decay 1e-4, 100 epochs, cosine to 1e-6;
+- Product: weights 0.9 / 0.1 (``HAPPIER_product.yaml``); torchvision's ImageNet weights
+  (timm's ``resnet34.tv_in1k``, as the official ``torchvision.models.resnet34(pretrained=True)``)
+  and batch-norm frozen (``dyml_resnet34_product.yaml``); SGD Nesterov 0.9, backbone lr 0.01,
+  heads and proxies 0.02 (x2, ``dyml_product.yaml``; the proxies take the head's optimiser),
+  weight decay 1e-4, 20 epochs, cosine to 1e-5, the backbone not stepped for the first 5 epochs
+  (``warmup_step=5``);
+- toy: weights 0.9 / 0.1 and the toy run of the classic baselines (:mod:`methods._pml`:
+  ``test_resnet`` from scratch, 64-d, 16 classes x 4 images, Adam lr 1e-3, 2 epochs).
+
+The run-level keys (:func:`happier_run`) are those of :func:`methods._pml.dyml_run`, which
+follows the same HAPPIER configs, with the torchvision weights named on Product. Deviation: the
+official code does not step the schedule during the warm-up, so on Product the cosine starts
+after epoch 5 and ends at about 2e-3 rather than 1e-5; dymlbench's schedule runs from the first
+epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +58,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dymlbench.config import DATASETS, MethodConfig, bounded
+from dymlbench.hierarchy import Hierarchy
+from dymlbench.method import Method, ParamGroup, Recipe, StepInput, StepOutput
+from dymlbench.registry import register_method
+from methods._pml import dyml_run
 
 # TODO: measure on CUDA, where fewer, larger blocks would save kernel launches; only CPU was.
 _CHUNK_ELEMENTS = 2**18
@@ -292,6 +333,210 @@ class HAPPIERLoss(nn.Module):
         cluster = self.cluster_loss(embeddings, labels[:, 0])
         total = self.hap_weight * hap + self.cluster_weight * cluster
         return total, {"loss_hap": hap.detach(), "loss_cluster": cluster.detach()}
+
+
+class HAPPIERHead(nn.Module):
+    """The official HAPPIER head: LayerNorm without affine, a linear layer, L2 normalisation.
+
+    Args:
+        feature_dim: size of the pooled backbone feature (512 for ResNet-34).
+        embedding_dim: size of the embedding.
+
+    Example:
+        >>> head = HAPPIERHead(feature_dim=8, embedding_dim=4)
+        >>> head(torch.randn(3, 8)).norm(dim=1).round(decimals=4).tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, *, feature_dim: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim, elementwise_affine=False)
+        self.fc = nn.Linear(feature_dim, embedding_dim)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Features ``[n, feature_dim]`` to L2-normalised embeddings ``[n, embedding_dim]``."""
+        return F.normalize(self.fc(self.norm(features)), dim=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HAPPIERConfig(MethodConfig):
+    """The ``method`` section of a HAPPIER run; the defaults are the Vehicle recipe.
+
+    Attributes:
+        hap_weight: weight of ``1 - H-AP`` surrogate.
+        cluster_weight: weight of the fine-level cluster loss.
+        tau: temperature of the rank's sigmoid.
+        rho: slope of the rank's linear piece beyond ``delta``.
+        offset: value of the linear piece at ``delta``.
+        delta: score difference where the linear piece starts.
+        start: offset of the sigmoid for positive differences below ``delta``.
+        relevance_alpha: exponent of the "pop" relevance weights.
+        temperature: temperature of the cluster loss.
+        head_lr_mult: learning-rate multiplier of the group ``"heads"``.
+        proxy_lr_mult: learning-rate multiplier of the group ``"proxies"``.
+    """
+
+    hap_weight: float = bounded(0.9, ge=0.0)
+    cluster_weight: float = bounded(0.1, ge=0.0)
+    tau: float = bounded(0.01, gt=0.0)
+    rho: float = 100.0
+    offset: float = 1.44
+    delta: float = bounded(0.05, gt=0.0)
+    start: float = 0.5
+    relevance_alpha: float = 1.0
+    temperature: float = bounded(0.05, gt=0.0)
+    head_lr_mult: float = bounded(1.0, gt=0.0)
+    proxy_lr_mult: float = bounded(1.0, gt=0.0)
+
+    @classmethod
+    def from_loss_config(cls, loss: HAPPIERLossConfig, **changes: Any) -> HAPPIERConfig:
+        """The method config holding the loss recipe ``loss``, with other keys in ``changes``."""
+        rank = loss.rank
+        return cls(
+            hap_weight=loss.hap_weight,
+            cluster_weight=loss.cluster_weight,
+            tau=rank.tau,
+            rho=rank.rho,
+            offset=rank.offset,
+            delta=rank.delta,
+            start=rank.start,
+            relevance_alpha=loss.relevance_alpha,
+            temperature=loss.temperature,
+            **changes,
+        )
+
+    def loss_config(self) -> HAPPIERLossConfig:
+        """The loss recipe this config holds."""
+        rank = RankApproximation(
+            tau=self.tau, rho=self.rho, offset=self.offset, delta=self.delta, start=self.start
+        )
+        return HAPPIERLossConfig(
+            hap_weight=self.hap_weight,
+            cluster_weight=self.cluster_weight,
+            rank=rank,
+            relevance_alpha=self.relevance_alpha,
+            temperature=self.temperature,
+        )
+
+
+PRODUCT_LR_MULT = 2.0
+"""Learning-rate multiplier of the head and the proxies on Product (``dyml_product.yaml``)."""
+
+HAPPIER_RECIPES: Mapping[str, HAPPIERConfig] = MappingProxyType(
+    {
+        dataset: HAPPIERConfig.from_loss_config(
+            HAPPIER_LOSS_RECIPES[dataset],
+            **(
+                {"head_lr_mult": PRODUCT_LR_MULT, "proxy_lr_mult": PRODUCT_LR_MULT}
+                if dataset == "product"
+                else {}
+            ),
+        )
+        for dataset in DATASETS
+    }
+)
+"""The ``method`` section of each recipe (module docstring)."""
+
+
+def happier_run(dataset: str) -> Mapping[str, Any]:
+    """The run-level keys of the HAPPIER code's DyML configs for ``dataset`` (module docstring).
+
+    :func:`methods._pml.dyml_run`, with torchvision's ImageNet weights on Product.
+
+    Example:
+        >>> happier_run("product")["model.backbone"], happier_run("vehicle")["model.backbone"]
+        ('resnet34.tv_in1k', 'resnet34')
+    """
+    run = dyml_run(dataset)
+    if dataset == "product":
+        return MappingProxyType({**run, "model.backbone": TORCHVISION_RESNET34})
+    return run
+
+
+TORCHVISION_RESNET34 = "resnet34.tv_in1k"
+"""timm's name of torchvision's ImageNet ResNet-34, the weights the official code loads
+(``torchvision.models.resnet34(pretrained=True)``); timm's ``resnet34`` defaults to its own
+``a1_in1k`` weights."""
+
+
+@register_method("happier")
+class HAPPIER(Method):
+    """HAPPIER: the H-AP surrogate over the batch plus a fine-level cluster loss.
+
+    Args:
+        config: a :class:`HAPPIERConfig`.
+        feature_dim: size of the backbone's pooled features.
+        embedding_dim: size of the embedding (512 in the paper).
+        hierarchy: the training hierarchy, at least two levels (the H-AP relevance needs them);
+            its fine class count sizes the proxies.
+
+    Example:
+        >>> import numpy as np
+        >>> hierarchy = Hierarchy.from_labels(np.array([[0, 0], [1, 0], [2, 1]]))
+        >>> method = HAPPIER(
+        ...     config=HAPPIER_RECIPES["toy"], feature_dim=8, embedding_dim=4, hierarchy=hierarchy
+        ... )
+        >>> [group.name for group in method.param_groups()]
+        ['heads', 'proxies']
+    """
+
+    citation = (
+        "E. Ramzi, N. Audebert, N. Thome, C. Rambour and X. Bitot. Hierarchical Average "
+        "Precision Training for Pertinent Image Retrieval. ECCV 2022."
+    )
+    config_type = HAPPIERConfig
+
+    def __init__(
+        self,
+        *,
+        config: HAPPIERConfig,
+        feature_dim: int,
+        embedding_dim: int,
+        hierarchy: Hierarchy,
+    ) -> None:
+        super().__init__(
+            config=config,
+            feature_dim=feature_dim,
+            embedding_dim=embedding_dim,
+            hierarchy=hierarchy,
+        )
+        if self.n_levels < 2:
+            raise ValueError(
+                "`hierarchy` must have at least two levels for the H-AP relevance, "
+                f"but got {self.n_levels}"
+            )
+        self.head = HAPPIERHead(feature_dim=feature_dim, embedding_dim=embedding_dim)
+        self.loss = HAPPIERLoss(
+            n_classes=self.n_classes[0], embedding_dim=embedding_dim, config=config.loss_config()
+        )
+
+    @classmethod
+    def recipe(cls, dataset: str) -> Recipe:
+        """The recipe of the module docstring for ``dataset``."""
+        run = happier_run(dataset)
+        return Recipe(method=HAPPIER_RECIPES[dataset], run=run)
+
+    def training_step(self, batch: StepInput) -> StepOutput:
+        """The weighted loss; the logs are its unweighted parts ``loss/hap``, ``loss/cluster``."""
+        total, parts = self.loss(self.head(batch.features), batch.labels)
+        return StepOutput(
+            loss=total, logs={"loss/hap": parts["loss_hap"], "loss/cluster": parts["loss_cluster"]}
+        )
+
+    def embed(self, features: Tensor) -> Tensor:
+        """The head's L2-normalised output, ``[batch, embedding_dim]``."""
+        return self.head(features)
+
+    def param_groups(self) -> list[ParamGroup]:
+        """``"heads"`` and ``"proxies"``, with their multipliers."""
+        return [
+            ParamGroup(
+                name="heads", params=self.head.parameters(), lr_mult=self.config.head_lr_mult
+            ),
+            ParamGroup(
+                name="proxies", params=self.loss.parameters(), lr_mult=self.config.proxy_lr_mult
+            ),
+        ]
 
 
 class _SmoothHAP(torch.autograd.Function):

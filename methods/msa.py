@@ -1,4 +1,4 @@
-"""MSA: multi-scale similarity aggregation, its heads, eval embedding and losses.
+"""MSA: multi-scale similarity aggregation, its heads, eval embedding, losses and the method.
 
 Zhang, Li and Zhang, "Multi-Scale Similarity Aggregation for Dynamic Metric Learning", ACM
 Multimedia 2023 (official code: github.com/Dyfine/MSA). The losses reproduce the official
@@ -8,6 +8,72 @@ Vocabulary: ``embeddings`` is ``[n, n_levels * dim_per_level]``, one chunk per l
 ``labels`` is ``[n, n_levels]`` with column 0 the finest level; a *recipe* is a method's
 per-dataset hyperparameters. The losses expect float32 inputs and are meant to run outside
 autocast (the official training ran them under fp16 autocast; the reference values are float32).
+
+The registered method ``msa`` (:class:`MSA`) puts these together:
+
+- heads (:class:`MSAHeads`): ``fc`` from the pooled feature to ``n_levels`` chunks of
+  ``model.embedding_dim / n_levels`` (513 = 3 x 171 in the paper), LayerNorm without affine
+  after it, and ``fc_aux`` of the same size for the alignment loss;
+- loss: :class:`MSALoss`, the per-level multi-proxy cluster loss plus ``alpha`` times the
+  cross-level constraint plus ``beta`` times the alignment of the online ``fc_aux`` output with
+  the EMA teacher's (the teacher's L2-normalised ``fc_aux`` output is
+  :meth:`MSA.teacher_output`);
+- teacher: an EMA copy of the whole network (backbone and heads), updated after every optimiser
+  step with momentum 0.9999, constant (official ``ema_m: 0.9999``, ``ema_m_increase: False``),
+  fed the same augmented images as the online network (``ema_same_aug: True``);
+- eval embedding (:func:`msa_eval_embedding`): each chunk L2-normalised, concatenated, divided
+  by ``sqrt(n_levels)``, so a dot product is the mean of the per-level cosines;
+- parameter groups: ``"heads"`` (``fc`` and ``fc_aux``) and ``"proxies"`` with their own
+  learning-rate multipliers (the official loss's proxies take the optimiser settings of ``fc``).
+
+EMA buffers. The official update function (``lib.momentum_update``) is not in the released code,
+so whether it averages the batch-norm statistics is unknown. The teacher follows
+:class:`dymlbench.models.EMASpec`'s ``buffers="average"`` by default: the floating-point
+buffers are averaged with the parameters' momentum, so the teacher's statistics describe its
+averaged weights; ``--set method.ema_buffers=copy`` copies the student's instead.
+
+The single-embedding variant. The published DyML-Product number is the single-embedding model
+(official ``run_product_msa.sh``, README: about 68% R@1 against 66% for the full MSA): the
+fine-level multi-proxy loss on the whole 513-d embedding plus ``beta`` times the alignment, no
+cross-level term, LayerNorm on the backbone feature before ``fc`` (official
+``product_r34_single_emb.yaml``: ``use_sep: False``), and the whole embedding L2-normalised for
+evaluation. It is the switch ``method.single_embedding`` of the one key ``msa`` rather than a
+second key, so that ``dymlbench run msa --dataset product`` runs what the paper reports. The
+multi-embedding Product setting (proxies 22/3/2, margin 0, scale 20, alpha 0.25, beta 0.1) stays
+in the recipe; the official multi-embedding Product run also uses ``lr 0.01``
+(``product_sgd1.yaml``), so it is ``--set method.single_embedding=false --set optim.lr=0.01``.
+
+Recipes (official ``run_*_msa.sh`` and ``config/{model,optimizer,loss}``; REFERENCE.md section 4),
+every one with a ResNet-34, a 513-d embedding, batches of 64 fine classes x 4 images, the cosine
+schedule stepped once per epoch, and the online network's metrics reported
+(``engine.report_network=online``: the published numbers are the online network's):
+
+- Vehicle: proxies 2/20/4, margin 0.1, scale 20, alpha 0.25, beta 0.75; Adam, lr 1e-3 for the
+  backbone, heads and proxies (x1), weight decay 2e-4, 70 epochs, cosine to 1e-6;
+- Animal: proxies 28/4/2, margin 0, scale 20, alpha 0.25, beta 0.75; SGD with Nesterov momentum
+  0.9, lr 1e-2 (heads and proxies x1), weight decay 5e-5, 100 epochs, cosine to 1e-6 (official
+  ``eta_min``), the backbone not stepped for the first 40 epochs (``optim.freeze_epochs=40``,
+  ``optim.freeze_groups=[backbone]``; heads and proxies are);
+- Product: the single-embedding variant, 22 proxies, margin 0, scale 20, beta 0.1; SGD Nesterov
+  0.9, lr 5e-3 with heads and proxies x4, weight decay 1e-4, 20 epochs, cosine to 1e-5,
+  batch-norm frozen;
+- toy: ``test_resnet`` from scratch, 3 x 32 = 96-d, proxies 2/2/2, margin 0.1, scale 20, alpha
+  0.25, beta 0.75, 16 classes x 4 images, Adam lr 1e-3, weight decay 2e-4, 2 epochs, cosine, and
+  an EMA momentum of 0.99 (0.9999 would keep the teacher at its initialisation over the 60 steps
+  of the run).
+
+Initialisation. The published runs start from a ResNet-34 trained with DINO on each DyML train
+set: the online backbone from the checkpoint's ``student``, the EMA teacher's backbone from its
+``teacher`` (the heads of both from the same random draw). Pass the checkpoint with
+``--weights PATH`` (``model.pretrained=PATH``). Without it the recipes train from scratch (the
+official ``pretrained: False`` before the DINO weights are loaded), and the result is not
+comparable with the published numbers.
+
+Deviations from the official runs, each beyond what a method can declare (see also
+:mod:`dymlbench.engine`): the official teacher runs in train mode, so its batch-norm layers use
+the batch's statistics (except on Product, where batch-norm is frozen), where dymlbench's
+teacher is kept in eval mode; during the official warm-up (Animal) the learning-rate schedule is
+not stepped, so the cosine starts after epoch 40 and ends at about 0.0036 rather than 1e-6.
 """
 
 from __future__ import annotations
@@ -16,11 +82,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dymlbench.config import DATASETS, ConfigError, MethodConfig, bounded
+from dymlbench.hierarchy import Hierarchy
+from dymlbench.method import Method, MethodNeeds, ParamGroup, Recipe, StepInput, StepOutput
+from dymlbench.models import EMASpec
+from dymlbench.registry import register_method
 
 _BLOCK_ELEMENTS = 2**16
 """About how many pair terms (``[n_levels, rows, n]``) the cross-level loss holds at once; the
@@ -508,6 +580,286 @@ def build_msa_loss(
     """
     loss_class = MSASingleEmbeddingLoss if config.single_embedding else MSALoss
     return loss_class(n_classes=n_classes, embedding_dim=embedding_dim, config=config)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MSAConfig(MethodConfig):
+    """The ``method`` section of an MSA run: the loss recipe, learning rates and the teacher.
+
+    The loss keys are those of :class:`MSALossConfig`; the defaults are the Vehicle recipe.
+
+    Attributes:
+        proxies_per_class: proxies of every class, per level, fine first (one entry per level of
+            the training hierarchy; the single-embedding variant uses only the first).
+        margin: additive margin on the target class similarity.
+        scale: logit scale.
+        alpha: weight of the cross-level constraint.
+        beta: weight of the alignment with the EMA teacher.
+        single_embedding: the single-embedding variant (module docstring): one chunk, the
+            fine-level loss on the whole embedding, LayerNorm before ``fc``, no cross term.
+        pooling_factor: sharpness of the softmax pooling a class's proxy similarities.
+        head_lr_mult: learning-rate multiplier of the group ``"heads"`` (``fc``, ``fc_aux``).
+        proxy_lr_mult: learning-rate multiplier of the group ``"proxies"``.
+        ema_momentum: momentum of the EMA teacher, constant over the run.
+        ema_buffers: ``"average"`` or ``"copy"`` the student's floating-point buffers into the
+            teacher (:class:`dymlbench.models.EMASpec`).
+    """
+
+    proxies_per_class: tuple[int, ...] = (2, 20, 4)
+    margin: float = bounded(0.1, ge=0.0)
+    scale: float = bounded(20.0, gt=0.0)
+    alpha: float = bounded(0.25, ge=0.0)
+    beta: float = bounded(0.75, ge=0.0)
+    single_embedding: bool = False
+    pooling_factor: float = bounded(10.0, gt=0.0)
+    head_lr_mult: float = bounded(1.0, gt=0.0)
+    proxy_lr_mult: float = bounded(1.0, gt=0.0)
+    ema_momentum: float = bounded(0.9999, ge=0.0, le=1.0)
+    ema_buffers: Literal["average", "copy"] = "average"
+
+    def validate(self) -> None:
+        """Check that every level has at least one proxy per class."""
+        if not self.proxies_per_class or min(self.proxies_per_class) < 1:
+            raise ConfigError(
+                "proxies_per_class",
+                f"must hold a positive count per level, but got {list(self.proxies_per_class)}",
+            )
+
+    @classmethod
+    def from_loss_config(cls, loss: MSALossConfig, **changes: Any) -> MSAConfig:
+        """The method config holding the loss recipe ``loss``, with other keys in ``changes``."""
+        fields = {name: getattr(loss, name) for name in _LOSS_KEYS}
+        return cls(**fields, **changes)
+
+    def loss_config(self) -> MSALossConfig:
+        """The loss recipe this config holds."""
+        return MSALossConfig(**{name: getattr(self, name) for name in _LOSS_KEYS})
+
+
+_LOSS_KEYS = (
+    "proxies_per_class",
+    "margin",
+    "scale",
+    "alpha",
+    "beta",
+    "single_embedding",
+    "pooling_factor",
+)
+
+MSA_RECIPES: Mapping[str, MSAConfig] = MappingProxyType(
+    {
+        "vehicle": MSAConfig.from_loss_config(MSA_LOSS_RECIPES["vehicle"]),
+        "animal": MSAConfig.from_loss_config(MSA_LOSS_RECIPES["animal"]),
+        "product": MSAConfig.from_loss_config(
+            MSA_LOSS_RECIPES["product"], head_lr_mult=4.0, proxy_lr_mult=4.0
+        ),
+        "toy": MSAConfig.from_loss_config(MSA_LOSS_RECIPES["toy"], ema_momentum=0.99),
+    }
+)
+"""The ``method`` section of each recipe (module docstring)."""
+
+_RESNET34_RUN: Mapping[str, Any] = {
+    "model.backbone": "resnet34",
+    "model.pretrained": "scratch",
+    "model.embedding_dim": 513,
+    "optim.schedule": "cosine",
+    "optim.schedule_unit": "epoch",
+    "optim.classes_per_batch": 64,
+    "optim.images_per_class": 4,
+    "engine.report_network": "online",
+}
+
+MSA_RUNS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "vehicle": MappingProxyType(
+            {
+                **_RESNET34_RUN,
+                "optim.optimizer": "adam",
+                "optim.lr": 1e-3,
+                "optim.weight_decay": 2e-4,
+                "optim.epochs": 70,
+                "optim.min_lr": 1e-6,
+                "optim.freeze_epochs": 0,
+                "optim.freeze_batchnorm": False,
+            }
+        ),
+        "animal": MappingProxyType(
+            {
+                **_RESNET34_RUN,
+                "optim.optimizer": "sgd",
+                "optim.lr": 1e-2,
+                "optim.momentum": 0.9,
+                "optim.nesterov": True,
+                "optim.weight_decay": 5e-5,
+                "optim.epochs": 100,
+                "optim.min_lr": 1e-6,
+                "optim.freeze_epochs": 40,
+                "optim.freeze_groups": ("backbone",),
+                "optim.freeze_batchnorm": False,
+            }
+        ),
+        "product": MappingProxyType(
+            {
+                **_RESNET34_RUN,
+                "optim.optimizer": "sgd",
+                "optim.lr": 5e-3,
+                "optim.momentum": 0.9,
+                "optim.nesterov": True,
+                "optim.weight_decay": 1e-4,
+                "optim.epochs": 20,
+                "optim.min_lr": 1e-5,
+                "optim.freeze_epochs": 0,
+                "optim.freeze_batchnorm": True,
+            }
+        ),
+        "toy": MappingProxyType(
+            {
+                "model.backbone": "test_resnet",
+                "model.pretrained": "scratch",
+                "model.embedding_dim": 96,
+                "optim.optimizer": "adam",
+                "optim.lr": 1e-3,
+                "optim.weight_decay": 2e-4,
+                "optim.epochs": 2,
+                "optim.schedule": "cosine",
+                "optim.classes_per_batch": 16,
+                "optim.images_per_class": 4,
+                "engine.report_network": "online",
+            }
+        ),
+    }
+)
+"""The run-level keys of each recipe (module docstring)."""
+
+
+@register_method("msa")
+class MSA(Method):
+    """MSA: per-level multi-proxy clustering, the cross-level constraint, EMA alignment.
+
+    Args:
+        config: an :class:`MSAConfig`.
+        feature_dim: size of the backbone's pooled features (512 for ResNet-34).
+        embedding_dim: size of the embedding, a multiple of the number of levels (one chunk per
+            level; any size for the single-embedding variant).
+        hierarchy: the training hierarchy; its class counts size the proxies and its level names
+            name the logs.
+
+    Example:
+        >>> import dataclasses
+        >>> import numpy as np
+        >>> hierarchy = Hierarchy.from_labels(np.array([[0, 0], [1, 0], [2, 1], [3, 1]]))
+        >>> config = dataclasses.replace(MSA_RECIPES["toy"], proxies_per_class=(2, 2))
+        >>> method = MSA(config=config, feature_dim=8, embedding_dim=6, hierarchy=hierarchy)
+        >>> method.embed(torch.randn(5, 8)).shape
+        torch.Size([5, 6])
+    """
+
+    citation = (
+        "D. Zhang, Y. Li and Z. Zhang. Multi-Scale Similarity Aggregation for Dynamic Metric "
+        "Learning. ACM Multimedia 2023."
+    )
+    config_type = MSAConfig
+
+    def __init__(
+        self,
+        *,
+        config: MSAConfig,
+        feature_dim: int,
+        embedding_dim: int,
+        hierarchy: Hierarchy,
+    ) -> None:
+        super().__init__(
+            config=config,
+            feature_dim=feature_dim,
+            embedding_dim=embedding_dim,
+            hierarchy=hierarchy,
+        )
+        if not config.single_embedding and len(config.proxies_per_class) != self.n_levels:
+            raise ValueError(
+                f"`method.proxies_per_class` must hold one count per level of the training "
+                f"hierarchy ({self.n_levels}), but got {list(config.proxies_per_class)}; "
+                "set it with --set method.proxies_per_class=[...]"
+            )
+        n_chunks = 1 if config.single_embedding else self.n_levels
+        if embedding_dim % n_chunks:
+            raise ValueError(
+                f"`embedding_dim` must be a multiple of the number of levels ({n_chunks}), "
+                f"but got {embedding_dim}; set model.embedding_dim (513 = 3 x 171 in the paper)"
+            )
+        self.level_names = hierarchy.level_names
+        self.heads = MSAHeads(
+            in_features=feature_dim,
+            dim_per_level=embedding_dim // n_chunks,
+            n_levels=n_chunks,
+            norm_before_fc=config.single_embedding,
+        )
+        self.loss = build_msa_loss(
+            config=config.loss_config(), n_classes=self.n_classes, embedding_dim=embedding_dim
+        )
+
+    @classmethod
+    def recipe(cls, dataset: str) -> Recipe:
+        """The recipe of the module docstring for ``dataset``."""
+        if dataset not in MSA_RECIPES:
+            raise ValueError(
+                f"`dataset` must be one of {', '.join(DATASETS)}, but got {dataset!r}"
+            )
+        return Recipe(method=MSA_RECIPES[dataset], run=MSA_RUNS[dataset])
+
+    @property
+    def needs(self) -> MethodNeeds:
+        """An EMA teacher with ``config.ema_momentum``, constant, and ``config.ema_buffers``."""
+        spec = EMASpec(
+            momentum=self.config.ema_momentum,
+            schedule="constant",
+            buffers=self.config.ema_buffers,
+        )
+        return MethodNeeds(teacher=spec)
+
+    def teacher_output(self, features: Tensor) -> Tensor:
+        """The L2-normalised ``fc_aux`` output ``[batch, embedding_dim]`` (on the teacher)."""
+        return F.normalize(self.heads.fc_aux(features), dim=1)
+
+    def training_step(self, batch: StepInput) -> StepOutput:
+        """The MSA loss; the logs are its weighted parts (``loss/cross_level`` times alpha).
+
+        Raises:
+            ValueError: the batch carries no teacher output.
+        """
+        if batch.teacher_output is None:
+            raise ValueError(
+                "`teacher_output` must be the EMA teacher's normalised fc_aux output (the "
+                "engine passes it when `method.needs.teacher` is set), but got None"
+            )
+        embeddings, aux_embeddings = self.heads(batch.features)
+        total, parts = self.loss(embeddings, batch.labels, aux_embeddings, batch.teacher_output)
+        return StepOutput(loss=total, logs=self._log_names(parts))
+
+    def embed(self, features: Tensor) -> Tensor:
+        """:func:`msa_eval_embedding` of ``fc``'s output: unit norm, mean per-level cosine."""
+        embeddings, _ = self.heads(features)
+        return msa_eval_embedding(embeddings, n_levels=self.heads.n_levels)
+
+    def param_groups(self) -> list[ParamGroup]:
+        """``"heads"`` (``fc``, ``fc_aux``) and ``"proxies"``, with their multipliers."""
+        return [
+            ParamGroup(
+                name="heads", params=self.heads.parameters(), lr_mult=self.config.head_lr_mult
+            ),
+            ParamGroup(
+                name="proxies", params=self.loss.parameters(), lr_mult=self.config.proxy_lr_mult
+            ),
+        ]
+
+    def _log_names(self, parts: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The official names of the loss's parts as log keys (``loss/cluster/fine``...)."""
+        names = {
+            "loss_cluster": "loss/cluster",
+            "loss_cross_level": "loss/cross_level",
+            "loss_instance_alignment": "loss/alignment",
+            **{f"loss_cluster{i}": f"loss/cluster/{n}" for i, n in enumerate(self.level_names)},
+        }
+        return {names[name]: value for name, value in parts.items()}
 
 
 def _level_chunks(embeddings: Tensor, n_levels: int) -> Tensor:
