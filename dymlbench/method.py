@@ -387,6 +387,24 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         """
 
 
+def heads_and_proxies(
+    *, heads: nn.Module, proxies: nn.Module, head_lr_mult: float, proxy_lr_mult: float
+) -> list[ParamGroup]:
+    """The two groups of a proxy-based method: ``"heads"`` and ``"proxies"``.
+
+    Example:
+        >>> groups = heads_and_proxies(
+        ...     heads=nn.Linear(4, 2), proxies=nn.Linear(2, 3), head_lr_mult=1.0, proxy_lr_mult=4.0
+        ... )
+        >>> [(group.name, len(group.params), group.lr_mult) for group in groups]
+        [('heads', 2, 1.0), ('proxies', 2, 4.0)]
+    """
+    return [
+        ParamGroup(name="heads", params=heads.parameters(), lr_mult=head_lr_mult),
+        ParamGroup(name="proxies", params=proxies.parameters(), lr_mult=proxy_lr_mult),
+    ]
+
+
 def checked_param_groups(method: Method) -> list[ParamGroup]:
     """``method.param_groups()``, checked: unique names, each trainable parameter exactly once.
 

@@ -54,7 +54,14 @@ from torch import Tensor, nn
 
 from dymlbench.config import DATASETS, ConfigError, MethodConfig, bounded
 from dymlbench.hierarchy import Hierarchy
-from dymlbench.method import Method, ParamGroup, Recipe, StepInput, StepOutput
+from dymlbench.method import (
+    Method,
+    ParamGroup,
+    Recipe,
+    StepInput,
+    StepOutput,
+    heads_and_proxies,
+)
 from dymlbench.registry import register_method
 from methods.happier import HAPPIERHead, happier_run
 
@@ -304,11 +311,9 @@ class CSL(Method):
 
     def param_groups(self) -> list[ParamGroup]:
         """``"heads"`` and ``"proxies"``, with their multipliers."""
-        return [
-            ParamGroup(
-                name="heads", params=self.head.parameters(), lr_mult=self.config.head_lr_mult
-            ),
-            ParamGroup(
-                name="proxies", params=self.loss.parameters(), lr_mult=self.config.proxy_lr_mult
-            ),
-        ]
+        return heads_and_proxies(
+            heads=self.head,
+            proxies=self.loss,
+            head_lr_mult=self.config.head_lr_mult,
+            proxy_lr_mult=self.config.proxy_lr_mult,
+        )

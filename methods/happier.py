@@ -61,7 +61,14 @@ from torch import Tensor, nn
 
 from dymlbench.config import DATASETS, MethodConfig, bounded
 from dymlbench.hierarchy import Hierarchy
-from dymlbench.method import Method, ParamGroup, Recipe, StepInput, StepOutput
+from dymlbench.method import (
+    Method,
+    ParamGroup,
+    Recipe,
+    StepInput,
+    StepOutput,
+    heads_and_proxies,
+)
 from dymlbench.registry import register_method
 from methods._pml import dyml_run
 
@@ -529,14 +536,12 @@ class HAPPIER(Method):
 
     def param_groups(self) -> list[ParamGroup]:
         """``"heads"`` and ``"proxies"``, with their multipliers."""
-        return [
-            ParamGroup(
-                name="heads", params=self.head.parameters(), lr_mult=self.config.head_lr_mult
-            ),
-            ParamGroup(
-                name="proxies", params=self.loss.parameters(), lr_mult=self.config.proxy_lr_mult
-            ),
-        ]
+        return heads_and_proxies(
+            heads=self.head,
+            proxies=self.loss,
+            head_lr_mult=self.config.head_lr_mult,
+            proxy_lr_mult=self.config.proxy_lr_mult,
+        )
 
 
 class _SmoothHAP(torch.autograd.Function):

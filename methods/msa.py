@@ -90,7 +90,15 @@ from torch import Tensor, nn
 
 from dymlbench.config import DATASETS, ConfigError, MethodConfig, bounded
 from dymlbench.hierarchy import Hierarchy
-from dymlbench.method import Method, MethodNeeds, ParamGroup, Recipe, StepInput, StepOutput
+from dymlbench.method import (
+    Method,
+    MethodNeeds,
+    ParamGroup,
+    Recipe,
+    StepInput,
+    StepOutput,
+    heads_and_proxies,
+)
 from dymlbench.models import EMASpec
 from dymlbench.registry import register_method
 
@@ -842,14 +850,12 @@ class MSA(Method):
 
     def param_groups(self) -> list[ParamGroup]:
         """``"heads"`` (``fc``, ``fc_aux``) and ``"proxies"``, with their multipliers."""
-        return [
-            ParamGroup(
-                name="heads", params=self.heads.parameters(), lr_mult=self.config.head_lr_mult
-            ),
-            ParamGroup(
-                name="proxies", params=self.loss.parameters(), lr_mult=self.config.proxy_lr_mult
-            ),
-        ]
+        return heads_and_proxies(
+            heads=self.heads,
+            proxies=self.loss,
+            head_lr_mult=self.config.head_lr_mult,
+            proxy_lr_mult=self.config.proxy_lr_mult,
+        )
 
     def _log_names(self, parts: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The official names of the loss's parts as log keys (``loss/cluster/fine``...)."""
