@@ -419,6 +419,10 @@ class EngineConfig(ConfigBase):
         report_network: which network's metrics are the run's result: ``"online"`` (the
             trained one; published MSA numbers are these) or ``"ema"`` (the EMA teacher, only
             for a method that has one).
+        eval_mode: the rules of the test evaluation: ``"default"`` (the exact DyML protocol of
+            :mod:`dymlbench.evaluation.protocol`) or ``"official"`` (the HAPPIER / MSA
+            evaluator's, to compare with published numbers); the validation split always uses
+            the default rules.
         checkpoint_every: save a resumable checkpoint every this many epochs; 0 saves only the
             last.
         num_workers: data-loading worker processes.
@@ -429,6 +433,7 @@ class EngineConfig(ConfigBase):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int = bounded(1, ge=0)
     report_network: Literal["online", "ema"] = "online"
+    eval_mode: Literal["default", "official"] = "default"
     checkpoint_every: int = bounded(1, ge=0)
     num_workers: int = bounded(8, ge=0)
     progress: bool = True

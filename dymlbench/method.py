@@ -220,9 +220,14 @@ class MethodNeeds:
         teacher: keep an EMA teacher of the whole network with this spec, and pass the
             teacher's :meth:`Method.teacher_output` to every training step; ``None`` for no
             teacher.
+        whole_batch: under DDP, give :meth:`Method.training_step` the features, labels and
+            teacher outputs gathered from every rank (differentiably), so that a loss over pairs,
+            triplets or rankings of the batch sees the global batch as one process would. A loss
+            that is a mean of per-sample terms (a proxy loss) does not need it.
     """
 
     teacher: EMASpec | None = None
+    whole_batch: bool = False
 
 
 class Method(nn.Module, metaclass=abc.ABCMeta):
@@ -507,11 +512,15 @@ class Network(nn.Module):
         Returns:
             The method's :class:`StepOutput`.
         """
+        features = self.features(images)
+        if self.method.needs.whole_batch:
+            from dymlbench.engine.distributed import gather_across_ranks
+
+            features, labels = gather_across_ranks(features), gather_across_ranks(labels)
+            if teacher_output is not None:
+                teacher_output = gather_across_ranks(teacher_output)
         batch = StepInput(
-            features=self.features(images),
-            labels=labels,
-            progress=progress,
-            teacher_output=teacher_output,
+            features=features, labels=labels, progress=progress, teacher_output=teacher_output
         )
         return self.method.training_step(batch)
 

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from dymlbench.config import DATASETS, MethodConfig, bounded
 from dymlbench.hierarchy import Hierarchy
-from dymlbench.method import Method, ParamGroup, Recipe, StepInput, StepOutput
+from dymlbench.method import Method, MethodNeeds, ParamGroup, Recipe, StepInput, StepOutput
 
 DYML_CITATION = (
     "Baseline numbers on DyML: Y. Sun, Y. Zhu, Y. Zhang, P. Zheng, X. Qiu, C. Zhang and Y. Wei. "
@@ -285,6 +285,9 @@ class PMLMethod(Method):
             }
         return StepOutput(loss=self.loss(embeddings, fine_labels, tuples), logs=logs)
 
+    needs = MethodNeeds(whole_batch=True)
+    """Pairs and triplets span the global batch under DDP, as on one process."""
+
     def training_step(self, batch: StepInput) -> StepOutput:
         """The loss on the batch's fine labels (column 0)."""
         return self.metric_loss(self.head(batch.features), batch.labels[:, 0])
@@ -306,8 +309,10 @@ class ProxyPMLMethod(PMLMethod):
     """A :class:`PMLMethod` whose loss holds one class weight per fine class (CosFace).
 
     The loss's parameters form the group ``"proxies"`` with ``config.proxy_lr_mult``; the
-    config is a :class:`ProxyPMLConfig`.
+    config is a :class:`ProxyPMLConfig`. A mean of per-sample terms, it needs no gathered batch.
     """
+
+    needs = MethodNeeds()
 
     def param_groups(self) -> list[ParamGroup]:
         """``"heads"`` (``config.head_lr_mult``), ``"proxies"`` (``config.proxy_lr_mult``)."""

@@ -63,6 +63,7 @@ from dymlbench.config import DATASETS, MethodConfig, bounded
 from dymlbench.hierarchy import Hierarchy
 from dymlbench.method import (
     Method,
+    MethodNeeds,
     ParamGroup,
     Recipe,
     StepInput,
@@ -492,6 +493,8 @@ class HAPPIER(Method):
         "Precision Training for Pertinent Image Retrieval. ECCV 2022."
     )
     config_type = HAPPIERConfig
+    needs = MethodNeeds(whole_batch=True)
+    """H-AP ranks every item of the batch for every query: under DDP, the global batch."""
 
     def __init__(
         self,

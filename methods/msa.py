@@ -822,7 +822,8 @@ class MSA(Method):
             schedule="constant",
             buffers=self.config.ema_buffers,
         )
-        return MethodNeeds(teacher=spec)
+        # The cross-level term compares every pair of the batch: it needs the global batch.
+        return MethodNeeds(teacher=spec, whole_batch=True)
 
     def teacher_output(self, features: Tensor) -> Tensor:
         """The L2-normalised ``fc_aux`` output ``[batch, embedding_dim]`` (on the teacher)."""

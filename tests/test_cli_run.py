@@ -3,7 +3,9 @@ prints its table and its folder, and the saved configuration round-trips."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,32 @@ def test_a_toy_run_prints_its_table_and_folder_and_saves_its_config(
     assert again.exit_code == 1 and "already holds a run" in " ".join(again.output.split())
     resumed = _run("engine-proxy", "--dataset", "toy", "--output", str(run_dir), "--resume")
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_saved_config_starts_a_run_and_official_evaluation_is_a_setting(
+    methods, toy_root: Path, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--epochs", "1", "--no-progress"]
+    result = _run(
+        "engine-proxy", "--dataset", "toy", "--data-dir", str(toy_root), "--output", str(first),
+        *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    result = _run(
+        "engine-proxy", "--dataset", "toy", "--config", str(first / "config.yaml"),
+        "--output", str(second), "--set", "engine.eval_mode=official", *common,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    saved = RunConfig.read(second / "config.yaml")
+    assert saved.engine.eval_mode == "official"
+    official = dataclasses.replace(saved.engine, eval_mode="default")
+    assert dataclasses.replace(saved, engine=official) == RunConfig.read(first / "config.yaml")
+    # The same training, but the official evaluator drops each query's nearest gallery item.
+    metrics = [json.loads((run / "record.json").read_text())["metrics"] for run in (first, second)]
+    assert metrics[0]["overall/map"] != metrics[1]["overall/map"]
 
 
 def test_methods_lists_citations_and_recipes(methods) -> None:

@@ -27,6 +27,7 @@ from dymlbench.evaluation import (
     evaluate_benchmarks,
     evaluate_leave_one_out,
 )
+from dymlbench.evaluation.protocol import Mode
 from dymlbench.method import Network
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def evaluate_test(
     num_workers: int = 0,
     channels_last: bool = False,
     item_ids: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    mode: Mode = "default",
 ) -> EvaluationReport:
     """Evaluate the test data of ``dataset``: its benchmarks, or its leave-one-out test set.
 
@@ -109,6 +111,7 @@ def evaluate_test(
         channels_last: feed the images in the channels-last memory format.
         item_ids: per level, the benchmark's ``(query_ids, gallery_ids)`` when already
             computed (:func:`benchmark_item_ids`); computed here otherwise.
+        mode: the evaluator's rules, ``"default"`` or ``"official"``.
 
     Returns:
         The report with the metric keys of DESIGN.md.
@@ -121,7 +124,7 @@ def evaluate_test(
     }
     if dataset.test is not None:
         embeddings = embed_split(network, dataset.test, dataset.spec, **options)
-        return evaluate_leave_one_out(embeddings, dataset.test.labels, device=device)
+        return evaluate_leave_one_out(embeddings, dataset.test.labels, device=device, mode=mode)
 
     item_ids = item_ids if item_ids is not None else benchmark_item_ids(dataset)
     benchmarks = {}
@@ -135,7 +138,7 @@ def evaluate_test(
             query_ids=query_ids,
             gallery_ids=gallery_ids,
         )
-    return evaluate_benchmarks(benchmarks, device=device)
+    return evaluate_benchmarks(benchmarks, device=device, mode=mode)
 
 
 def benchmark_item_ids(dataset: DyMLDataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:

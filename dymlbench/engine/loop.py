@@ -463,7 +463,11 @@ class Trainer:
         reports = {}
         for name, network in self.networks.items():
             report = evaluate_test(
-                network, self.dataset, item_ids=self._item_ids, **self._eval_options()
+                network,
+                self.dataset,
+                item_ids=self._item_ids,
+                mode=self.config.engine.eval_mode,
+                **self._eval_options(),
             )
             reports[name] = report
             self.history.test[name] = report.to_dict()

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dymlbench.config import MethodConfig, bounded
-from dymlbench.engine import gather_across_ranks
 from dymlbench.method import Method, MethodNeeds, Recipe, StepInput, StepOutput
 from dymlbench.models import EMASpec
 from dymlbench.registry import MethodRegistry
@@ -87,7 +86,7 @@ class PairToyConfig(MethodConfig):
 
 
 class PairToy(Method):
-    """A contrastive pair loss on every pair of the global batch (gathered from all ranks)."""
+    """A contrastive pair loss on every pair of the global batch (the engine gathers it)."""
 
     citation = "A. Author. A throwaway pair method for engine tests. 2024."
     config_type = PairToyConfig
@@ -100,9 +99,11 @@ class PairToy(Method):
     def recipe(cls, dataset: str) -> Recipe:
         return Recipe(method=PairToyConfig(), run=TINY_RUN)
 
+    needs = MethodNeeds(whole_batch=True)
+
     def training_step(self, batch: StepInput) -> StepOutput:
-        embeddings = gather_across_ranks(self.embed(batch.features))
-        labels = gather_across_ranks(batch.labels[:, 0])
+        embeddings = self.embed(batch.features)
+        labels = batch.labels[:, 0]
         similarities = embeddings @ embeddings.T
         same = labels[:, None] == labels[None, :]
         off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
