@@ -293,6 +293,13 @@ class Trainer:
         )
 
         self.model: torch.nn.Module = self.network
+        if context.distributed and device.type == "cuda":
+            # Batch statistics over the global batch, as one GPU would see them; the conversion
+            # keeps the parameter objects, so the optimiser built above still holds them. (On
+            # CPU, torch's synchronised batch norm is unavailable: each rank normalises alone.)
+            self.network.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+                self.network.backbone
+            )
         if context.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[device.index] if device.type == "cuda" else None
