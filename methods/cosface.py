@@ -13,8 +13,9 @@ as it is.
 Recipe (the DyML paper gives no loss settings; these are PML's defaults, which are the CosFace
 paper's values):
 
-- every dataset: ``margin=0.35``, ``scale=64``; head ``Linear(512, 512)`` without
-  normalisation (the DyML code);
+- every dataset: ``margin=0.35``, ``scale=64`` (toy: ``scale=16``, since 64 suits thousands of
+  classes and keeps the toy's few dozen from learning in two epochs: 30.0 against 34.9 overall
+  mAP, untrained 25.7); head ``Linear(512, 512)`` without normalisation (the DyML code);
 - head learning rate x1 on Vehicle, Animal and toy, x2 on Product; class weights x1 everywhere
   (the HAPPIER code steps CSL's proxies with the backbone's optimiser);
 - run: :mod:`methods._pml` (Vehicle and Animal: ResNet-34 from scratch, 512-d, 64 classes x 4
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from torch import nn
 
@@ -49,7 +51,12 @@ class CosFaceConfig(ProxyPMLConfig):
     scale: float = bounded(64.0, gt=0.0)
 
 
-RECIPES: Mapping[str, CosFaceConfig] = per_dataset(CosFaceConfig())
+RECIPES: Mapping[str, CosFaceConfig] = MappingProxyType(
+    {
+        dataset: dataclasses.replace(config, scale=16.0) if dataset == "toy" else config
+        for dataset, config in per_dataset(CosFaceConfig()).items()
+    }
+)
 """The CosFace baseline's config per dataset (module docstring)."""
 
 

@@ -33,7 +33,7 @@ LOSS_SETTINGS: dict[str, dict[str, Any]] = {
     "cosface": {"proxy_lr_mult": 1.0, "margin": 0.35, "scale": 64.0},
     "circle": {"m": 0.4, "gamma": 80.0},
 }
-"""Each module docstring's loss settings, the same on every dataset."""
+"""Each module docstring's loss settings, the same on every dataset (but CosFace's toy scale)."""
 
 SCRATCH_RUN = {
     "model.backbone": "resnet34",
@@ -113,7 +113,10 @@ def test_recipe_is_the_one_the_docstring_states(key: str, dataset: str) -> None:
     recipe = get_method(key).recipe(dataset)
     head = {**HEAD, "head_lr_mult": 2.0} if dataset == "product" else HEAD
 
-    assert dataclasses.asdict(recipe.method) == {**head, **LOSS_SETTINGS[key]}
+    settings = LOSS_SETTINGS[key]
+    if key == "cosface" and dataset == "toy":
+        settings = {**settings, "scale": 16.0}
+    assert dataclasses.asdict(recipe.method) == {**head, **settings}
     assert dict(recipe.run) == RUNS[dataset]
 
 
