@@ -55,15 +55,12 @@ from torch import Tensor, nn
 from dymlbench.config import DATASETS, ConfigError, MethodConfig, bounded
 from dymlbench.hierarchy import Hierarchy
 from dymlbench.method import (
-    Method,
-    ParamGroup,
     Recipe,
     StepInput,
     StepOutput,
-    heads_and_proxies,
 )
 from dymlbench.registry import register_method
-from methods.happier import HAPPIERHead, happier_run
+from methods.happier import HAPPIERHead, HeadAndProxies, happier_run
 
 
 @dataclass(frozen=True)
@@ -233,7 +230,7 @@ CSL_RECIPES: Mapping[str, CSLConfig] = MappingProxyType(
 
 
 @register_method("csl")
-class CSL(Method):
+class CSL(HeadAndProxies):
     """CSL: per-level margins against one proxy per fine class that carries its coarser labels.
 
     Args:
@@ -304,16 +301,3 @@ class CSL(Method):
             for level, name in enumerate(self.level_names)
         }
         return StepOutput(loss=total, logs=logs)
-
-    def embed(self, features: Tensor) -> Tensor:
-        """The head's L2-normalised output, ``[batch, embedding_dim]``."""
-        return self.head(features)
-
-    def param_groups(self) -> list[ParamGroup]:
-        """``"heads"`` and ``"proxies"``, with their multipliers."""
-        return heads_and_proxies(
-            heads=self.head,
-            proxies=self.loss,
-            head_lr_mult=self.config.head_lr_mult,
-            proxy_lr_mult=self.config.proxy_lr_mult,
-        )

@@ -467,8 +467,32 @@ TORCHVISION_RESNET34 = "resnet34.tv_in1k"
 ``a1_in1k`` weights."""
 
 
+class HeadAndProxies(Method):
+    """A method with a :class:`HAPPIERHead` in ``self.head`` and its proxies in ``self.loss``.
+
+    HAPPIER and CSL share it: the eval embedding is the head's output, and the parameter groups
+    are ``"heads"`` and ``"proxies"`` with ``config.head_lr_mult`` and ``config.proxy_lr_mult``.
+    """
+
+    head: HAPPIERHead
+    loss: nn.Module
+
+    def embed(self, features: Tensor) -> Tensor:
+        """The head's L2-normalised output, ``[batch, embedding_dim]``."""
+        return self.head(features)
+
+    def param_groups(self) -> list[ParamGroup]:
+        """``"heads"`` and ``"proxies"``, with their multipliers."""
+        return heads_and_proxies(
+            heads=self.head,
+            proxies=self.loss,
+            head_lr_mult=self.config.head_lr_mult,
+            proxy_lr_mult=self.config.proxy_lr_mult,
+        )
+
+
 @register_method("happier")
-class HAPPIER(Method):
+class HAPPIER(HeadAndProxies):
     """HAPPIER: the H-AP surrogate over the batch plus a fine-level cluster loss.
 
     Args:
@@ -531,19 +555,6 @@ class HAPPIER(Method):
         total, parts = self.loss(self.head(batch.features), batch.labels)
         return StepOutput(
             loss=total, logs={"loss/hap": parts["loss_hap"], "loss/cluster": parts["loss_cluster"]}
-        )
-
-    def embed(self, features: Tensor) -> Tensor:
-        """The head's L2-normalised output, ``[batch, embedding_dim]``."""
-        return self.head(features)
-
-    def param_groups(self) -> list[ParamGroup]:
-        """``"heads"`` and ``"proxies"``, with their multipliers."""
-        return heads_and_proxies(
-            heads=self.head,
-            proxies=self.loss,
-            head_lr_mult=self.config.head_lr_mult,
-            proxy_lr_mult=self.config.proxy_lr_mult,
         )
 
 
