@@ -7,7 +7,9 @@ Schema (:data:`SCHEMA_VERSION` 1), keys of ``record.json``:
 - ``metrics``: the test metrics of the reported network, flat keys of DESIGN.md
   (``fine/map``, ``overall/map``, ``multi/hap``); ``reported_network``: ``"online"`` or
   ``"ema"``; ``metrics_by_network``: the test metrics of every network evaluated;
-  ``n_queries`` and ``n_skipped_queries`` of the reported evaluation;
+  ``n_queries`` and ``n_skipped_queries`` of the reported evaluation; ``per_query_file``:
+  the name, in the run folder, of the ``.npz`` file of its per-query values
+  (:func:`dymlbench.evaluation.report.write_per_query`), or ``None``;
 - ``initialisation``: ``kind`` (``"scratch"``, ``"imagenet"`` or the kind of checkpoint file:
   ``"dino"``, ``"timm"``, ``"state_dict"``), ``path`` and ``sha256`` of the file, and
   ``teacher_from_checkpoint`` (whether the EMA teacher started from a DINO teacher);
@@ -140,6 +142,7 @@ def build_record(
     world_size: int,
     wall_seconds: float,
     started_at: str,
+    per_query_file: str | None = None,
 ) -> dict[str, Any]:
     """The result record of a run (see the module docstring for the keys).
 
@@ -153,6 +156,8 @@ def build_record(
         world_size: the number of processes.
         wall_seconds: the run's wall-clock time (all sessions of a resumed run).
         started_at: when the run started, ISO 8601.
+        per_query_file: the name, in the run folder, of the reported network's per-query
+            test values, or ``None`` when not written.
     """
     commit, dirty = git_state()
     reported = test_reports[reported_network].to_dict()
@@ -170,6 +175,7 @@ def build_record(
         },
         "n_queries": reported["n_queries"],
         "n_skipped_queries": reported["n_skipped_queries"],
+        "per_query_file": per_query_file,
         "initialisation": initialisation.to_dict(),
         "hardware": hardware(device, world_size),
         "gpu_hours": wall_seconds / 3600.0 * n_gpus,

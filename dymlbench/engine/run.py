@@ -7,6 +7,8 @@ The run folder (written by rank 0 only)::
     <run>/tensorboard/           TensorBoard events
     <run>/metrics.json           per-epoch training values, validation and test metrics
     <run>/model.pt               the final network's weights (a plain state dict)
+    <run>/per_query.npz          per-query test values of the reported network
+                                 (:func:`dymlbench.evaluation.report.write_per_query`)
     <run>/record.json            the result record (:mod:`dymlbench.engine.records`)
 
 ``metrics.json`` and ``record.json`` are written atomically too. ``resume=True`` continues a run
@@ -39,13 +41,14 @@ from dymlbench.engine.logs import RunLogger
 from dymlbench.engine.loop import History, Trainer, resolve_device
 from dymlbench.engine.records import RECORD_FILE, build_record, utc_now
 from dymlbench.evaluation import EvaluationReport
-from dymlbench.evaluation.report import write_json_atomic
+from dymlbench.evaluation.report import write_json_atomic, write_per_query
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
+PER_QUERY_FILE = "per_query.npz"
 
 RUNTIME_KEYS = frozenset({"engine.device", "engine.progress", "engine.num_workers"})
 """Keys a resumed run may change: where it runs and how it shows progress, not its results."""
@@ -222,6 +225,7 @@ def _run(
             reports = trainer.test()
             save_atomic(trainer.network.state_dict(), run_dir / MODEL_FILE)
             _write_metrics(run_dir, trainer.history, config)
+            write_per_query(run_dir / PER_QUERY_FILE, reports[engine.report_network])
             record = build_record(
                 config=config,
                 test_reports=reports,
@@ -231,6 +235,7 @@ def _run(
                 world_size=context.world_size,
                 wall_seconds=wall_seconds(),
                 started_at=started_at,
+                per_query_file=PER_QUERY_FILE,
             )
             record_path = run_dir / RECORD_FILE
             write_json_atomic(record_path, record)

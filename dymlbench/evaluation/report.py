@@ -69,6 +69,46 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         raise
 
 
+def write_per_query(path: Path, report: EvaluationReport) -> None:
+    """Write the report's per-query values to an ``.npz`` file, atomically.
+
+    Arrays: for each ``<group>/<metric>`` of :attr:`EvaluationReport.per_query`, the values of
+    the queries that count (those with a relevant item), as float64 fractions; and for each
+    group (a level, or ``multi``) ``<group>/query_index``, int64, the index of each of those
+    queries in the query set. Evaluations of the same data share the indices, so two runs can
+    be paired query by query.
+
+    Raises:
+        ValueError: the report holds no per-query values, or the metrics of one group leave
+            out different queries.
+    """
+    if not report.per_query:
+        raise ValueError("`report.per_query` must hold per-query values, but it is empty")
+    arrays: dict[str, np.ndarray] = {}
+    counted: dict[str, np.ndarray] = {}
+    for key, values in report.per_query.items():
+        group = key.split("/", 1)[0]
+        defined = ~np.isnan(values)
+        if group not in counted:
+            counted[group] = defined
+            arrays[f"{group}/query_index"] = np.flatnonzero(defined).astype(np.int64)
+        elif not np.array_equal(counted[group], defined):
+            raise ValueError(
+                f"every metric of `{group}` must count the same queries, but `{key}` differs"
+            )
+        arrays[key] = np.asarray(values, dtype=np.float64)[defined]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez_compressed(stream, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 

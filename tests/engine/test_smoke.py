@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from engine_support import engine_methods, tiny_overrides
@@ -73,6 +74,13 @@ def test_every_method_trains_and_writes_its_record(
     assert set(record["packages"]) >= {"python", "torch", "timm", "numpy", "dymlbench"}
     assert {"git_commit", "started_at", "finished_at"} <= set(record)
     assert 0.0 <= record["metrics"]["overall/map"] <= 1.0
+    with np.load(tmp_path / "run" / record["per_query_file"]) as per_query:
+        for level in ("fine", "middle", "coarse"):
+            counted = record["n_queries"][level] - record["n_skipped_queries"][level]
+            assert per_query[f"{level}/query_index"].shape == (counted,)
+            assert per_query[f"{level}/map"].mean() == pytest.approx(
+                record["metrics"][f"{level}/map"]
+            )
     for name in ("config.yaml", "metrics.json", "model.pt", "checkpoints/epoch-0002.pt"):
         assert (tmp_path / "run" / name).is_file(), name
     assert list((tmp_path / "run" / "tensorboard").iterdir())

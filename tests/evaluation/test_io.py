@@ -154,3 +154,23 @@ def test_cli_eval_missing_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", "--embeddings", str(tmp_path / "nope.npz")])
     assert result.exit_code == 1
     assert "does not exist" in result.output
+
+
+def test_per_query_file_keeps_the_counted_queries_and_their_indices(tmp_path: Path) -> None:
+    from dymlbench.evaluation import evaluate_leave_one_out
+    from dymlbench.evaluation.report import write_per_query
+
+    rng = np.random.default_rng(2)
+    fine = np.array([0, 0, 1, 1, 2, 3, 3, 3])  # item 4 has no other item of its fine class
+    labels = np.stack([fine, fine // 2], axis=1)
+    report = evaluate_leave_one_out(rng.normal(size=(8, 4)).astype(np.float32), labels)
+
+    write_per_query(tmp_path / "per_query.npz", report)
+
+    with np.load(tmp_path / "per_query.npz") as arrays:
+        assert arrays["fine/query_index"].tolist() == [0, 1, 2, 3, 5, 6, 7]
+        assert arrays["middle/query_index"].tolist() == list(range(8))
+        assert arrays["fine/map"].mean() == pytest.approx(report.metrics["fine/map"])
+        assert arrays["multi/hap"].mean() == pytest.approx(report.metrics["multi/hap"])
+        assert {"fine/asi", "fine/recall@10", "multi/query_index"} <= set(arrays.files)
+    assert not list(tmp_path.glob(".*.tmp"))
