@@ -46,9 +46,18 @@ def harmonic_numbers(n: int, *, device: torch.device | str = "cpu") -> torch.Ten
     return torch.cat([torch.zeros(1, dtype=torch.float64, device=device), torch.cumsum(steps, 0)])
 
 
-def _segment_sum(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
-    out = torch.zeros(n_rows, dtype=torch.float64, device=values.device)
-    return out.index_add_(0, rows, values.to(torch.float64))
+def _segment_sum(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Sums of consecutive segments of ``counts[i]`` values each (0 for an empty segment).
+
+    Each sum depends only on its own segment, so a chunked evaluation sums exactly as an
+    unchunked one does.
+    """
+    return torch.segment_reduce(values.to(torch.float64), "sum", lengths=counts)
+
+
+def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 1-d table (``index_select`` is much faster than indexing)."""
+    return table.index_select(0, index)
 
 
 def binary_metrics(
@@ -79,23 +88,22 @@ def binary_metrics(
         [0.8333, 0.5, 0.75, 1.0]
     """
     rows, ranks, positions, counts = ranked.rows, ranked.ranks, ranked.positions, ranked.counts
-    n_rows = counts.numel()
     total = counts.to(torch.float64)
     empty = counts == 0
 
-    precision = positions.to(torch.float64) / ranks.to(torch.float64)
-    within_r = ranks <= counts[rows]
+    precision = positions.to(torch.float64) / ranks
+    row_counts = _take(counts, rows)
+    within_r = ranks <= row_counts
+    steps = _take(harmonic, row_counts) - _take(harmonic, ranks - 1)
     out = {
-        "map": _segment_sum(precision, rows, n_rows) / total,
-        "map@r": _segment_sum(precision * within_r, rows, n_rows) / total,
-        "asi": _segment_sum(
-            (harmonic[counts[rows]] - harmonic[ranks - 1]) * within_r, rows, n_rows
-        )
-        / total,
+        "map": _segment_sum(precision, counts) / total,
+        "map@r": _segment_sum(precision * within_r, counts) / total,
+        "asi": _segment_sum(steps * within_r, counts) / total,
     }
 
-    best = torch.full((n_rows,), torch.iinfo(torch.int64).max, device=counts.device)
-    best.scatter_reduce_(0, rows, ranks, reduce="amin")
+    # A row's items run from its best rank, so its first item holds its best rank.
+    starts = torch.cumsum(counts, 0) - counts
+    best = _take(torch.cat([ranks, ranks.new_zeros(1)]), starts)  # empty rows: NaN below
     for k in recall_at:
         out[f"recall@{k}"] = (best <= k).to(torch.float64)
     for values in out.values():
@@ -158,58 +166,52 @@ def graded_metrics(
     Returns:
         float64 ``[n_rows]`` per metric, NaN for queries without an item with ``t > 0``.
     """
-    rows, ranks, grades = ranked.rows, ranked.ranks, ranked.grades
-    counts = ranked.counts
+    rows, ranks, grades, counts = ranked.rows, ranked.ranks, ranked.grades, ranked.counts
     n_rows, n_grades = grade_counts.shape
     device = counts.device
     empty = counts == 0
-    levels = torch.arange(1, n_grades, device=device)
+    n_items = _take(counts, rows)
 
-    gains = torch.pow(2.0, levels.to(torch.float64)) - 1.0
-    dcg = _segment_sum(
-        (torch.pow(2.0, grades.to(torch.float64)) - 1.0) / torch.log2(1.0 + ranks.double()),
-        rows,
-        n_rows,
-    )
+    gains = torch.pow(2.0, torch.arange(n_grades, dtype=torch.float64, device=device)) - 1.0
+    discounts = _take(log_discounts, ranks) - _take(log_discounts, ranks - 1)
+    dcg = _segment_sum(_take(gains, grades) * discounts, counts)
     # In the ideal order the items of level v fill positions (before_v, before_v + n_v].
     above = grade_counts[:, 1:].flip(1).cumsum(1).flip(1)
     block_start = above - grade_counts[:, 1:]
-    ideal = ((log_discounts[above] - log_discounts[block_start]) * gains).sum(1)
+    ideal = ((log_discounts[above] - log_discounts[block_start]) * gains[1:]).sum(1)
 
-    # Items of each level at or before each item of the row's ranked list, the item included.
+    # seen[v - 1]: items of level v at or before each item of its row, the item included.
     starts = torch.cumsum(counts, 0) - counts
-    one_hot = torch.nn.functional.one_hot(grades - 1, n_grades - 1)
-    seen = _segment_cumsum(one_hot, rows, starts)
+    seen = []
+    same_level_seen = torch.zeros_like(ranks)
+    for level in range(1, n_grades):
+        at_level = grades == level
+        running = torch.cumsum(at_level, 0)
+        before_row = torch.cat([running.new_zeros(1), running]).index_select(0, starts)
+        seen.append(running - _take(before_row, rows))
+        same_level_seen = torch.where(at_level, seen[-1], same_level_seen)
 
     # ASI: at cut-off k the top-k items of level v meet the ideal top k in
     # min(cnt_v(k), max(k - s_v, 0)) items (s_v: items of higher levels), so the j-th item of
     # level v counts at every k >= max(rank, s_v + j), a harmonic difference as for binary ASI.
-    same_level_seen = seen.gather(1, (grades - 1)[:, None])[:, 0]
-    first_k = torch.maximum(ranks, block_start[rows, grades - 1] + same_level_seen)
-    n_items = counts[rows]
-    asi_terms = (harmonic[n_items] - harmonic[first_k - 1]) * (first_k <= n_items)
-    asi = _segment_sum(asi_terms, rows, n_rows) / counts.to(torch.float64)
+    cell = rows * (n_grades - 1) + grades - 1
+    first_k = torch.maximum(ranks, _take(block_start.reshape(-1), cell) + same_level_seen)
+    asi_terms = (_take(harmonic, n_items) - _take(harmonic, first_k - 1)) * (first_k <= n_items)
+    asi = _segment_sum(asi_terms, counts) / counts.to(torch.float64)
 
-    item_relevance = relevances[rows, grades]
-    level_relevance = relevances[rows][:, 1:]
-    h_rank = (torch.minimum(level_relevance, item_relevance[:, None]) * seen).sum(1)
+    # H-AP: H-rank(k) = sum over levels v of min(r_v, r_k) times the items of level v seen.
+    item_relevance = _take(relevances.reshape(-1), rows * n_grades + grades)
+    h_rank = torch.zeros_like(item_relevance)
+    for level, level_seen in enumerate(seen, start=1):
+        level_relevance = _take(relevances[:, level].contiguous(), rows)
+        h_rank += torch.minimum(level_relevance, item_relevance) * level_seen
     relevance_total = (relevances[:, 1:] * grade_counts[:, 1:]).sum(1)
-    hap = _segment_sum(h_rank / ranks.double(), rows, n_rows) / relevance_total
+    hap = _segment_sum(h_rank / ranks, counts) / relevance_total
 
     out = {"ndcg": dcg / ideal, "hap": hap, "asi": asi}
     for values in out.values():
         values[empty] = math.nan
     return out
-
-
-def _segment_cumsum(
-    values: torch.Tensor, segment_ids: torch.Tensor, starts: torch.Tensor
-) -> torch.Tensor:
-    """Inclusive cumulative sum along dim 0, restarting at each segment's first row."""
-    total = torch.cumsum(values, 0)
-    zero = torch.zeros((1, *values.shape[1:]), dtype=total.dtype, device=total.device)
-    before = torch.cat([zero, total])[starts]
-    return total - before[segment_ids]
 
 
 def cumulative_log_discounts(n: int, *, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -34,9 +34,10 @@ relevances of ``multi/hap`` count the query itself in both modes, as HAPPIER doe
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +52,7 @@ from dymlbench.evaluation.metrics import (
     pop_relevances,
 )
 from dymlbench.evaluation.ranking import (
+    ChunkRanks,
     GalleryIndex,
     rank_chunk_by_rows,
     rank_chunk_vectorised,
@@ -272,7 +274,6 @@ def _rank_and_score(
 ) -> dict[str, np.ndarray]:
     """Per-query metric values (NaN where undefined) of every level, chunk by chunk."""
     n_query, n_gallery = query.shape[0], gallery.shape[0]
-    n_levels = query_labels.shape[1]
     device = query.device
     harmonic = harmonic_numbers(n_gallery, device=device)
     discounts = cumulative_log_discounts(n_gallery, device=device) if graded else None
@@ -283,6 +284,7 @@ def _rank_and_score(
         raise ValueError(f"`chunk_size` must be at least 1, but got {chunk_size}")
 
     index = GalleryIndex(gallery_labels.numpy()) if device.type == "cpu" else None
+    n_threads = torch.get_num_threads()
     gallery_t = _transposed(gallery)
     columns: dict[str, list[torch.Tensor]] = {}
     for start, stop in _chunks(n_query, chunk_size):
@@ -298,7 +300,7 @@ def _rank_and_score(
                 graded=graded,
                 # Dense levels spend their time in sorts that release the GIL; sparse ones are
                 # bound by the interpreter, where threads only add overhead.
-                n_threads=torch.get_num_threads() if index.has_dense_class else 1,
+                n_threads=n_threads if index.has_dense_class else 1,
             )
         else:
             kept = scores != -math.inf
@@ -306,25 +308,112 @@ def _rank_and_score(
                 scores, chunk_labels, gallery_labels, kept, graded=graded
             )
 
-        for name, level_ranks in zip(names, ranked.levels, strict=True):
-            values = binary_metrics(level_ranks, recall_at=recall_at, harmonic=harmonic)
-            for metric, column in values.items():
-                columns.setdefault(f"{name}/{metric}", []).append(column)
-        if ranked.graded is not None:
-            relevances = pop_relevances(
-                ranked.set_counts, n_levels=n_levels, alpha=relevance_alpha
-            )
-            values = graded_metrics(
-                ranked.graded,
-                grade_counts=ranked.list_counts,
-                relevances=relevances,
-                log_discounts=discounts,
-                harmonic=harmonic,
-            )
-            for metric, column in values.items():
-                columns.setdefault(f"multi/{metric}", []).append(column)
+        score = functools.partial(
+            _score_rows,
+            ranked,
+            names=names,
+            recall_at=recall_at,
+            harmonic=harmonic,
+            discounts=discounts,
+            relevance_alpha=relevance_alpha,
+        )
+        if index is None:
+            blocks = [score(0, stop - start, None)]
+        else:
+            blocks = _map_in_threads(score, _row_blocks(ranked), n_threads)
+        for block in blocks:
+            for key, column in block.items():
+                columns.setdefault(key, []).append(column)
 
     return {key: torch.cat(parts).cpu().numpy() for key, parts in columns.items()}
+
+
+_BLOCK_ITEMS = 131_072
+"""Ranked items per block of rows whose metrics one CPU thread computes: large enough to
+amortise the per-operation overhead, small enough to stay in the cache."""
+
+
+def _row_blocks(ranked: ChunkRanks) -> list[tuple[int, int, list[int]]]:
+    """Split a chunk's rows into blocks of about :data:`_BLOCK_ITEMS` ranked items.
+
+    Returns:
+        ``(start, stop, first_items)`` per block: its rows, and for each ranking (the levels,
+        then the graded one) the index of the block's first item.
+    """
+    rankings = [*ranked.levels, *([ranked.graded] if ranked.graded is not None else [])]
+    counts = torch.stack([ranking.counts for ranking in rankings])
+    ends = torch.cumsum(counts, 1)
+    per_row = counts.sum(0)
+    block_ids = (torch.cumsum(per_row, 0) - per_row) // _BLOCK_ITEMS
+    _, sizes = torch.unique_consecutive(block_ids, return_counts=True)
+    blocks, start = [], 0
+    for size in sizes.tolist():
+        firsts = ends[:, start - 1] if start else torch.zeros(len(rankings), dtype=torch.int64)
+        blocks.append((start, start + size, firsts.tolist()))
+        start += size
+    return blocks
+
+
+def _score_rows(
+    ranked: ChunkRanks,
+    start: int,
+    stop: int,
+    first_items: list[int] | None,
+    *,
+    names: Sequence[str],
+    recall_at: Sequence[int],
+    harmonic: torch.Tensor,
+    discounts: torch.Tensor | None,
+    relevance_alpha: float,
+) -> dict[str, torch.Tensor]:
+    """The per-query metrics of rows ``start:stop`` of a ranked chunk (all rows: ``None``)."""
+    rankings = [*ranked.levels, *([ranked.graded] if ranked.graded is not None else [])]
+    if first_items is not None:
+        rankings = [
+            ranking.select_rows(start, stop, first)
+            for ranking, first in zip(rankings, first_items, strict=True)
+        ]
+    values: dict[str, torch.Tensor] = {}
+    for name, level_ranks in zip(names, rankings[: len(names)], strict=True):
+        for metric, column in binary_metrics(
+            level_ranks, recall_at=recall_at, harmonic=harmonic
+        ).items():
+            values[f"{name}/{metric}"] = column
+    if ranked.graded is not None:
+        set_counts = ranked.set_counts[start:stop]
+        relevances = pop_relevances(set_counts, n_levels=len(names), alpha=relevance_alpha)
+        for metric, column in graded_metrics(
+            rankings[-1],
+            grade_counts=ranked.list_counts[start:stop],
+            relevances=relevances,
+            log_discounts=discounts,
+            harmonic=harmonic,
+        ).items():
+            values[f"multi/{metric}"] = column
+    return values
+
+
+def _map_in_threads(
+    score: Callable[[int, int, list[int]], dict[str, torch.Tensor]],
+    blocks: list[tuple[int, int, list[int]]],
+    n_threads: int,
+) -> list[dict[str, torch.Tensor]]:
+    """``score`` over ``blocks`` in order, on up to ``n_threads`` threads.
+
+    torch releases the GIL inside its operations, so the threads run in parallel; its own
+    intra-op threads are switched off meanwhile (several threads each fanning out to every
+    core would oversubscribe them).
+    """
+    if n_threads <= 1 or len(blocks) <= 1:
+        return [score(*block) for block in blocks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(n_threads, len(blocks))) as pool:
+            return list(pool.map(lambda block: score(*block), blocks))
+    finally:
+        torch.set_num_threads(n_threads)
 
 
 def _faiss_recall(

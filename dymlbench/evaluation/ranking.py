@@ -114,6 +114,25 @@ class RelevantRanks:
     grades: torch.Tensor
     counts: torch.Tensor
 
+    def select_rows(self, start: int, stop: int, first_item: int) -> RelevantRanks:
+        """The items of rows ``start:stop``, their rows renumbered from 0.
+
+        Args:
+            start: first row.
+            stop: row after the last.
+            first_item: index of the first item of row ``start`` (the items of the rows
+                before it), so that a caller splitting many rows need not recount.
+        """
+        counts = self.counts[start:stop]
+        items = slice(first_item, first_item + int(counts.sum()))
+        return RelevantRanks(
+            rows=self.rows[items] - start,
+            ranks=self.ranks[items],
+            positions=self.positions[items],
+            grades=self.grades[items],
+            counts=counts,
+        )
+
 
 def relevant_ranks(
     scores: torch.Tensor,
