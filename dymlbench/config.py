@@ -355,6 +355,11 @@ class OptimConfig(ConfigBase):
         freeze_epochs: for this many first epochs the groups in ``freeze_groups`` are not
             stepped (MSA on Animal: the backbone for 40 epochs; HAPPIER on Product: 5).
         freeze_groups: names of the parameter groups held still during ``freeze_epochs``.
+        schedule_during_freeze: ``"run"``: the schedule moves from the first epoch;
+            ``"hold"``: it stays at ``lr`` during ``freeze_epochs`` and then moves as if the run
+            started there, over the same total length, so the cosine ends above ``min_lr``
+            (what the official HAPPIER and MSA loops do: they step no epoch schedule during
+            their warm-up).
         freeze_batchnorm: keep every batch-norm layer of the backbone in eval mode (running
             statistics not updated), as the Product recipes do.
         grad_clip: clip the global gradient norm to this value; ``None`` does not clip.
@@ -375,6 +380,7 @@ class OptimConfig(ConfigBase):
     min_lr: float = bounded(0.0, ge=0.0)
     freeze_epochs: int = bounded(0, ge=0)
     freeze_groups: tuple[str, ...] = ("backbone",)
+    schedule_during_freeze: Literal["run", "hold"] = "run"
     freeze_batchnorm: bool = False
     grad_clip: float | None = bounded(None, gt=0.0)
     classes_per_batch: int = bounded(64, ge=1)

@@ -27,7 +27,9 @@ reruns the DyML paper's CSL:
   per epoch down to 1e-6;
 - Product: ResNet-34 from ImageNet, 512-d, 64 x 4, SGD Nesterov 0.9, lr 0.01 (heads x2, set by
   the method config's ``head_lr_mult``), weight decay 1e-4, 20 epochs, cosine per epoch down to
-  1e-5, the backbone not stepped for the first 5 epochs, batch-norm frozen;
+  1e-5, the backbone not stepped for the first 5 epochs and the schedule held meanwhile (the
+  HAPPIER loop steps no epoch schedule during its warm-up, so the cosine ends near 2e-3),
+  batch-norm frozen;
 - toy: timm's ``test_resnet`` from scratch, 64-d embedding, 16 classes x 4 images, Adam lr 1e-3,
   weight decay 1e-4, 2 epochs, cosine: 30 steps an epoch on the default toy set (1920 images
   at 64 px), each under a second on 2 CPU cores.
@@ -93,6 +95,7 @@ _RUNS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                 "optim.min_lr": 1e-5,
                 "optim.freeze_epochs": 5,
                 "optim.freeze_groups": ("backbone",),
+                "optim.schedule_during_freeze": "hold",
                 "optim.freeze_batchnorm": True,
             }
         ),

@@ -36,15 +36,14 @@ and the cosine schedule stepped once per epoch:
   and batch-norm frozen (``dyml_resnet34_product.yaml``); SGD Nesterov 0.9, backbone lr 0.01,
   heads and proxies 0.02 (x2, ``dyml_product.yaml``; the proxies take the head's optimiser),
   weight decay 1e-4, 20 epochs, cosine to 1e-5, the backbone not stepped for the first 5 epochs
-  (``warmup_step=5``);
+  (``warmup_step=5``) and the schedule held meanwhile (``optim.schedule_during_freeze=hold``:
+  the official loop steps no epoch schedule during the warm-up, so the cosine starts after
+  epoch 5 and ends near 2e-3 rather than 1e-5);
 - toy: weights 0.9 / 0.1 and the toy run of the classic baselines (:mod:`methods._pml`:
   ``test_resnet`` from scratch, 64-d, 16 classes x 4 images, Adam lr 1e-3, 2 epochs).
 
 The run-level keys (:func:`happier_run`) are those of :func:`methods._pml.dyml_run`, which
-follows the same HAPPIER configs, with the torchvision weights named on Product. Deviation: the
-official code does not step the schedule during the warm-up, so on Product the cosine starts
-after epoch 5 and ends at about 2e-3 rather than 1e-5; dymlbench's schedule runs from the first
-epoch.
+follows the same HAPPIER configs, with the torchvision weights named on Product.
 """
 
 from __future__ import annotations

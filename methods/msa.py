@@ -53,7 +53,9 @@ schedule stepped once per epoch, and the online network's metrics reported
 - Animal: proxies 28/4/2, margin 0, scale 20, alpha 0.25, beta 0.75; SGD with Nesterov momentum
   0.9, lr 1e-2 (heads and proxies x1), weight decay 5e-5, 100 epochs, cosine to 1e-6 (official
   ``eta_min``), the backbone not stepped for the first 40 epochs (``optim.freeze_epochs=40``,
-  ``optim.freeze_groups=[backbone]``; heads and proxies are);
+  ``optim.freeze_groups=[backbone]``; heads and proxies are) and the schedule held meanwhile
+  (``optim.schedule_during_freeze=hold``: the official loop steps no epoch schedule during the
+  warm-up, so the cosine starts after epoch 40 and ends near 0.0036 rather than 1e-6);
 - Product: the single-embedding variant, 22 proxies, margin 0, scale 20, beta 0.1; SGD Nesterov
   0.9, lr 5e-3 with heads and proxies x4, weight decay 1e-4, 20 epochs, cosine to 1e-5,
   batch-norm frozen;
@@ -69,11 +71,10 @@ set: the online backbone from the checkpoint's ``student``, the EMA teacher's ba
 official ``pretrained: False`` before the DINO weights are loaded), and the result is not
 comparable with the published numbers.
 
-Deviations from the official runs, each beyond what a method can declare (see also
-:mod:`dymlbench.engine`): the official teacher runs in train mode, so its batch-norm layers use
-the batch's statistics (except on Product, where batch-norm is frozen), where dymlbench's
-teacher is kept in eval mode; during the official warm-up (Animal) the learning-rate schedule is
-not stepped, so the cosine starts after epoch 40 and ends at about 0.0036 rather than 1e-6.
+Teacher batch norm. The official teacher is never put in eval mode while training, so its
+batch-norm layers normalise with each batch's statistics: ``method.ema_batchnorm=batch`` (the
+default; :class:`dymlbench.models.EMASpec`), except where the run freezes batch norm (Product),
+which holds for the teacher too. ``method.ema_batchnorm=running`` uses the running statistics.
 """
 
 from __future__ import annotations
@@ -611,6 +612,8 @@ class MSAConfig(MethodConfig):
         ema_momentum: momentum of the EMA teacher, constant over the run.
         ema_buffers: ``"average"`` or ``"copy"`` the student's floating-point buffers into the
             teacher (:class:`dymlbench.models.EMASpec`).
+        ema_batchnorm: the teacher's batch norm while training: the ``"batch"``'s statistics
+            (the official teacher's) or the ``"running"`` ones.
     """
 
     proxies_per_class: tuple[int, ...] = (2, 20, 4)
@@ -624,6 +627,7 @@ class MSAConfig(MethodConfig):
     proxy_lr_mult: float = bounded(1.0, gt=0.0)
     ema_momentum: float = bounded(0.9999, ge=0.0, le=1.0)
     ema_buffers: Literal["average", "copy"] = "average"
+    ema_batchnorm: Literal["batch", "running"] = "batch"
 
     def validate(self) -> None:
         """Check that every level has at least one proxy per class."""
@@ -703,6 +707,7 @@ MSA_RUNS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                 "optim.min_lr": 1e-6,
                 "optim.freeze_epochs": 40,
                 "optim.freeze_groups": ("backbone",),
+                "optim.schedule_during_freeze": "hold",
                 "optim.freeze_batchnorm": False,
             }
         ),
@@ -816,11 +821,13 @@ class MSA(Method):
 
     @property
     def needs(self) -> MethodNeeds:
-        """An EMA teacher with ``config.ema_momentum``, constant, and ``config.ema_buffers``."""
+        """An EMA teacher with ``config.ema_momentum`` (constant), ``ema_buffers`` and
+        ``ema_batchnorm``."""
         spec = EMASpec(
             momentum=self.config.ema_momentum,
             schedule="constant",
             buffers=self.config.ema_buffers,
+            batchnorm=self.config.ema_batchnorm,
         )
         # The cross-level term compares every pair of the batch: it needs the global batch.
         return MethodNeeds(teacher=spec, whole_batch=True)

@@ -402,8 +402,12 @@ class Trainer:
 
         teacher_output = None
         if self.teacher is not None:
-            with torch.no_grad():
-                teacher_output = self.teacher.module.teacher_output(images).detach()
+            # Frozen batch norm holds in the teacher too: its statistics stay the running ones.
+            batch_statistics = (
+                self.teacher.spec.batchnorm == "batch" and not self.config.optim.freeze_batchnorm
+            )
+            with self.teacher.training_pass(batch_statistics=batch_statistics) as teacher:
+                teacher_output = teacher.teacher_output(images).detach()
         output = self.model(images, labels, progress=progress, teacher_output=teacher_output)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()

@@ -101,10 +101,12 @@ class LRSchedule:
         optim = self.optim
         if optim.schedule == "constant":
             return optim.lr
+        held = optim.freeze_epochs if optim.schedule_during_freeze == "hold" else 0
         if optim.schedule_unit == "epoch":
-            position, total = progress.epoch, optim.epochs
+            position, total = max(progress.epoch - held, 0), optim.epochs
         else:
-            position, total = progress.step, optim.epochs * self.steps_per_epoch
+            steps = self.steps_per_epoch
+            position, total = max(progress.step - held * steps, 0), optim.epochs * steps
         cosine = (1.0 + math.cos(math.pi * min(position / total, 1.0))) / 2.0
         return optim.min_lr + (optim.lr - optim.min_lr) * cosine
 

@@ -13,8 +13,13 @@ Buffers. The exact form of the official MSA teacher is uncertain; dymlbench make
   describe the averaged weights rather than the current student;
 - ``"copy"``: floating-point buffers are copied from the student at every update.
 
-Integer buffers (``num_batches_tracked``) are always copied. The teacher is kept in eval mode and
-never takes gradients, so its own forward passes do not change its batch-norm statistics.
+Integer buffers (``num_batches_tracked``) are always copied. The teacher never takes gradients,
+and its own forward passes never change its batch-norm statistics.
+
+Batch norm in the teacher's training-time passes (:attr:`EMASpec.batchnorm`): ``"running"``
+(default) normalises with the teacher's running statistics, as in eval mode; ``"batch"``
+normalises with the statistics of the batch, as a teacher left in train mode does (the official
+MSA teacher). Evaluating the teacher always uses its running statistics.
 
 Under DDP the teacher is not wrapped: every rank updates its own copy from the (synchronised)
 student parameters; with ``"average"`` or ``"copy"`` the batch-norm buffers follow each rank's
@@ -23,10 +28,11 @@ local statistics unless the student uses synchronised batch norm.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -46,6 +52,8 @@ class EMASpec(ConfigBase):
             the run (``m_k = 1 - (1 - m) * (1 + cos(pi * k / total_steps)) / 2``).
         buffers: ``"average"`` or ``"copy"`` the student's floating-point buffers (see the
             module docstring).
+        batchnorm: in the teacher's training-time passes, normalise with the ``"running"``
+            statistics or with the ``"batch"``'s (see the module docstring).
 
     Example:
         >>> EMASpec(momentum=0.9999).schedule
@@ -55,6 +63,7 @@ class EMASpec(ConfigBase):
     momentum: float = bounded(0.9999, ge=0.0, le=1.0)
     schedule: Literal["constant", "cosine"] = "constant"
     buffers: Literal["average", "copy"] = "average"
+    batchnorm: Literal["running", "batch"] = "running"
 
 
 class EMATeacher:
@@ -154,6 +163,40 @@ class EMATeacher:
         self.module.eval()
         with torch.no_grad():
             return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def training_pass(self, *, batch_statistics: bool) -> Iterator[nn.Module]:
+        """The teacher network for a pass under training, without gradients.
+
+        Args:
+            batch_statistics: normalise its batch-norm layers with the batch's statistics
+                (train mode, with a momentum of 0 so the running statistics stay as they are);
+                otherwise with the running statistics (eval mode).
+
+        Example:
+            >>> teacher = EMATeacher(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+            >>> with teacher.training_pass(batch_statistics=True) as network:
+            ...     out = network(torch.tensor([[0.0, 1.0], [2.0, 5.0]]))
+            >>> out.mean(0).abs().max().item() < 1e-6, teacher.module[1].running_mean.tolist()
+            (True, [0.0, 0.0])
+        """
+        layers = [
+            module
+            for module in self.module.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        ]
+        momenta = [layer.momentum for layer in layers]
+        try:
+            if batch_statistics:
+                for layer in layers:
+                    layer.train()
+                    layer.momentum = 0.0
+            with torch.no_grad():
+                yield self.module
+        finally:
+            for layer, momentum in zip(layers, momenta, strict=True):
+                layer.momentum = momentum
+            self.module.eval()
 
     def to(self, device: torch.device | str) -> EMATeacher:
         """Move the teacher to ``device``; returns ``self``."""

@@ -6,6 +6,7 @@ pair loss over embeddings gathered from every rank. Importing this module regist
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ TINY_RUN = {
 class ProxyToyConfig(MethodConfig):
     temperature: float = bounded(0.1, gt=0.0)
     teacher_momentum: float | None = bounded(None, ge=0.0, le=1.0)
+    teacher_batchnorm: Literal["running", "batch"] = "running"
 
 
 class ProxyToy(Method):
@@ -60,7 +62,11 @@ class ProxyToy(Method):
     @property
     def needs(self) -> MethodNeeds:
         momentum = self.config.teacher_momentum
-        return MethodNeeds(teacher=None if momentum is None else EMASpec(momentum=momentum))
+        if momentum is None:
+            return MethodNeeds()
+        return MethodNeeds(
+            teacher=EMASpec(momentum=momentum, batchnorm=self.config.teacher_batchnorm)
+        )
 
     def training_step(self, batch: StepInput) -> StepOutput:
         embeddings = self.embed(batch.features)

@@ -57,6 +57,28 @@ def test_groups_get_their_multiplier_and_the_cosine_schedule(methods) -> None:
     assert constant.base_lr(middle) == 0.3
 
 
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_a_held_schedule_starts_its_cosine_after_the_freeze(unit: str) -> None:
+    optim = OptimConfig(
+        lr=1.0, epochs=4, freeze_epochs=2, schedule_during_freeze="hold", schedule_unit=unit
+    )
+    schedule = LRSchedule(optim, steps_per_epoch=2)
+
+    rates = [
+        schedule.base_lr(Progress(epoch=step // 2, step=step, n_epochs=4, steps_per_epoch=2))
+        for step in range(8)
+    ]
+
+    # The official loops: no epoch schedule step during the warm-up, the same T_max after it.
+    if unit == "epoch":
+        expected = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, *[(1 + math.cos(math.pi / 4)) / 2] * 2]
+    else:
+        expected = [1.0] * 5 + [(1 + math.cos(math.pi * k / 8)) / 2 for k in (1, 2, 3)]
+    assert rates == pytest.approx(expected)
+    running = LRSchedule(OptimConfig(lr=1.0, epochs=4, freeze_epochs=2), steps_per_epoch=2)
+    assert running.base_lr(Progress(epoch=2, step=4, n_epochs=4, steps_per_epoch=2)) == 0.5
+
+
 def test_unknown_freeze_groups_are_errors(methods) -> None:
     backbone, method = _parts()
     optim = OptimConfig(epochs=3, freeze_epochs=1, freeze_groups=("backbnoe",))

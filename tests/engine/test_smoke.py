@@ -150,3 +150,39 @@ def test_a_non_finite_loss_stops_the_run_at_its_step(
 
     with pytest.raises(NonFiniteLossError, match="at step 2 .*last finite values were at step 1"):
         train(config, output_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("batchnorm", "freeze", "expected"),
+    [("batch", False, True), ("running", False, False), ("batch", True, False)],
+    ids=["batch-statistics", "running-statistics", "frozen-batchnorm-wins"],
+)
+def test_the_teacher_normalises_with_the_statistics_its_spec_names(
+    methods, toy_root: Path, tmp_path: Path, monkeypatch, batchnorm, freeze, expected
+) -> None:
+    from dymlbench.method import Network
+
+    modes: list[bool] = []
+    original = Network.teacher_output
+
+    def recording(self, images):
+        layers = [m for m in self.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        modes.extend(layer.training for layer in layers)
+        return original(self, images)
+
+    monkeypatch.setattr(Network, "teacher_output", recording)
+    overrides = tiny_overrides(
+        toy_root,
+        **{
+            "method.teacher_momentum": 0.5,
+            "method.teacher_batchnorm": batchnorm,
+            "optim.freeze_batchnorm": freeze,
+            "optim.epochs": 1,
+        },
+    )
+    config = resolve_config(method="engine-proxy", dataset="toy", overrides=overrides)
+
+    result = train(config, output_dir=tmp_path / "run")
+
+    assert modes and set(modes) == {expected}
+    assert set(result.reports) == {"online", "ema"}

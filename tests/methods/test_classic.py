@@ -61,6 +61,7 @@ RUNS = {
         "optim.epochs": 20,
         "optim.min_lr": 1e-5,
         "optim.freeze_epochs": 5,
+        "optim.schedule_during_freeze": "hold",
         "optim.freeze_groups": ("backbone",),
         "optim.freeze_batchnorm": True,
     },

@@ -27,7 +27,7 @@ PAPERS = {
     "csl": ("Dynamic Metric Learning", "CVPR 2021"),
 }
 
-MSA_LOSS = {"pooling_factor": 10.0, "ema_buffers": "average"}
+MSA_LOSS = {"pooling_factor": 10.0, "ema_buffers": "average", "ema_batchnorm": "batch"}
 HAP_RANK = {
     "tau": 0.01,
     "rho": 100.0,
@@ -147,6 +147,7 @@ MSA_RUNS = {
         "optim.epochs": 100,
         "optim.min_lr": 1e-6,
         "optim.freeze_epochs": 40,
+        "optim.schedule_during_freeze": "hold",
         "optim.freeze_groups": ("backbone",),
         "optim.freeze_batchnorm": False,
         "engine.report_network": "online",
@@ -208,6 +209,7 @@ HAPPIER_RUNS = {
         "optim.epochs": 20,
         "optim.min_lr": 1e-5,
         "optim.freeze_epochs": 5,
+        "optim.schedule_during_freeze": "hold",
         "optim.freeze_groups": ("backbone",),
         "optim.freeze_batchnorm": True,
     },
