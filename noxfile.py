@@ -35,3 +35,34 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     for script in sorted(Path("benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
+
+
+TOY_LEADERBOARD_METHODS = (
+    "msa",
+    "happier",
+    "csl",
+    "triplet",
+    "npair",
+    "multi-similarity",
+    "cosface",
+    "circle",
+)
+
+
+@nox.session(name="toy-leaderboard")
+def toy_leaderboard(session: nox.Session) -> None:
+    """Train every DyML method on the toy set with seeds 0, 1, 2, publish their records in
+    ``leaderboards/results/`` and regenerate the leaderboards (about an hour on 2 CPU cores)."""
+    session.install(*TORCH)
+    session.install("-e", ".[dev]")
+    runs = Path(session.create_tmp()) / "toy-runs"
+    for method in TOY_LEADERBOARD_METHODS:
+        for seed in (0, 1, 2):
+            run_dir = runs / f"{method}-seed{seed}"
+            if not (run_dir / "record.json").is_file():
+                session.run(
+                    "dymlbench", "run", method, "--dataset", "toy", "--seed", str(seed),
+                    "--no-progress", "--output", str(run_dir),
+                )  # fmt: skip
+    session.run("dymlbench", "leaderboard", "add", *sorted(str(p) for p in runs.iterdir()))
+    session.run("dymlbench", "leaderboard")

@@ -400,14 +400,7 @@ class Trainer:
         images = images.contiguous(memory_format=self.memory_format)
         labels = batch["labels"].to(self.device, non_blocking=True)
 
-        teacher_output = None
-        if self.teacher is not None:
-            # Frozen batch norm holds in the teacher too: its statistics stay the running ones.
-            batch_statistics = (
-                self.teacher.spec.batchnorm == "batch" and not self.config.optim.freeze_batchnorm
-            )
-            with self.teacher.training_pass(batch_statistics=batch_statistics) as teacher:
-                teacher_output = teacher.teacher_output(images).detach()
+        teacher_output = self.teacher_output(images)
         output = self.model(images, labels, progress=progress, teacher_output=teacher_output)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -435,6 +428,18 @@ class Trainer:
             self.teacher.update(self.network)
         self.network.method.after_step(progress)
         return values
+
+    def teacher_output(self, images: Tensor) -> Tensor | None:
+        """The EMA teacher's output for a training batch of normalised ``images``, without
+        gradients; ``None`` for a method without a teacher."""
+        if self.teacher is None:
+            return None
+        # Frozen batch norm holds in the teacher too: its statistics stay the running ones.
+        batch_statistics = (
+            self.teacher.spec.batchnorm == "batch" and not self.config.optim.freeze_batchnorm
+        )
+        with self.teacher.training_pass(batch_statistics=batch_statistics) as teacher:
+            return teacher.teacher_output(images).detach()
 
     def _eval_options(self) -> dict[str, Any]:
         return {

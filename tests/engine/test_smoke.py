@@ -38,9 +38,7 @@ def first_batch_loss(config, checkpoint: dict | None) -> float:
     progress = Progress(epoch=0, step=0, n_epochs=1, steps_per_epoch=trainer.steps_per_epoch)
     trainer.network.train()
     with torch.no_grad():
-        teacher_output = None
-        if trainer.teacher is not None:
-            teacher_output = trainer.teacher.module.teacher_output(images)
+        teacher_output = trainer.teacher_output(images)
         output = trainer.network(
             images, batch["labels"], progress=progress, teacher_output=teacher_output
         )
