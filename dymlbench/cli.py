@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from dymlbench import __version__
+from dymlbench.sweep.cli import sweep_app
 
 app = typer.Typer(
     name="dymlbench",
@@ -26,6 +27,7 @@ data_app = typer.Typer(
     help="Inspect DyML datasets and generate the toy dataset.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+app.add_typer(sweep_app, name="sweep")
 
 logger = logging.getLogger("dymlbench")
 

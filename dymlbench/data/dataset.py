@@ -343,7 +343,9 @@ def read_product_test(root: Path) -> Split:
     return _read_hierarchy_split(folder, name="test")
 
 
-def load_dataset(spec: DataSpec, *, check_files: bool = True) -> DyMLDataset:
+def load_dataset(
+    spec: DataSpec, *, check_files: bool = True, load_test: bool = True
+) -> DyMLDataset:
     """Read a dataset, check its trees and (fast pass) that its images exist.
 
     The test data is read here too, so that a broken benchmark stops a run before training;
@@ -352,6 +354,9 @@ def load_dataset(spec: DataSpec, *, check_files: bool = True) -> DyMLDataset:
     Args:
         spec: the dataset and its options.
         check_files: check that every listed image exists (one directory listing per folder).
+        load_test: read the test data; ``False`` opens no test label file and lists no test
+            folder (a sweep trial, which must never see the test data), and the dataset has
+            neither ``benchmarks`` nor ``test``.
 
     Returns:
         The dataset; with ``spec.val_fraction > 0``, ``train`` lacks the validation classes.
@@ -365,10 +370,11 @@ def load_dataset(spec: DataSpec, *, check_files: bool = True) -> DyMLDataset:
     train = read_train(root)
     benchmarks: dict[str, Benchmark] = {}
     test = None
-    if layout == QUERY_GALLERY:
+    evaluated: list[Split] = []
+    if load_test and layout == QUERY_GALLERY:
         benchmarks = {level: read_benchmark(root, level) for level in LEVEL_NAMES}
         evaluated = [split for b in benchmarks.values() for split in (b.query, b.gallery)]
-    else:
+    elif load_test:
         test = read_product_test(root)
         evaluated = [test]
     if check_files:

@@ -17,7 +17,14 @@ Schema (:data:`SCHEMA_VERSION` 1), keys of ``record.json``:
 - ``gpu_hours``: wall-clock hours times the number of GPUs (0 on CPU); ``wall_seconds``;
 - ``packages``: versions of Python, dymlbench, torch, torchvision, timm and numpy;
 - ``git_commit`` and ``git_dirty`` of the dymlbench checkout (``None`` outside a checkout);
-- ``started_at`` and ``finished_at``: UTC times in ISO 8601.
+- ``started_at`` and ``finished_at``: UTC times in ISO 8601;
+- ``sweep``: ``None`` for a run; for a trial of a sweep (:mod:`dymlbench.sweep`), a mapping
+  with ``study`` (the study name), ``trial`` (the trial number) and ``objective`` (the metric
+  tuned). A sweep trial never reads the test data: its ``metrics`` and ``metrics_by_network``
+  are empty, ``n_queries`` and ``n_skipped_queries`` are ``None``, and ``validation_metrics``
+  holds the reported network's metrics of its last validation pass (held-out train classes;
+  ``None`` for a run). A record with a ``sweep`` mapping is not a benchmark result and must
+  not reach a leaderboard.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -143,6 +151,8 @@ def build_record(
     wall_seconds: float,
     started_at: str,
     per_query_file: str | None = None,
+    sweep: Mapping[str, Any] | None = None,
+    validation_metrics: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The result record of a run (see the module docstring for the keys).
 
@@ -158,9 +168,15 @@ def build_record(
         started_at: when the run started, ISO 8601.
         per_query_file: the name, in the run folder, of the reported network's per-query
             test values, or ``None`` when not written.
+        sweep: for a sweep trial, its ``study``, ``trial`` and ``objective``; ``test_reports``
+            is then empty.
+        validation_metrics: the reported network's last validation metrics (sweep trials).
     """
     commit, dirty = git_state()
-    reported = test_reports[reported_network].to_dict()
+    if sweep is not None:
+        reported = {"metrics": {}, "n_queries": None, "n_skipped_queries": None}
+    else:
+        reported = test_reports[reported_network].to_dict()
     n_gpus = world_size if device.type == "cuda" else 0
     return {
         "schema_version": SCHEMA_VERSION,
@@ -185,4 +201,6 @@ def build_record(
         "git_dirty": dirty,
         "started_at": started_at,
         "finished_at": utc_now(),
+        "sweep": None if sweep is None else dict(sweep),
+        "validation_metrics": None if validation_metrics is None else dict(validation_metrics),
     }

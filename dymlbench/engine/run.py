@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
 PER_QUERY_FILE = "per_query.npz"
+
+ValidationCallback = Callable[[int, dict[str, dict[str, float]]], bool]
+"""``on_validation(epochs_done, metrics per network) -> stop``, see :func:`train`."""
 
 RUNTIME_KEYS = frozenset({"engine.device", "engine.progress", "engine.num_workers"})
 """Keys a resumed run may change: where it runs and how it shows progress, not its results."""
@@ -87,6 +91,8 @@ def train(
     *,
     output_dir: Path | None = None,
     resume: bool = False,
+    on_validation: ValidationCallback | None = None,
+    sweep: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Train, validate and test one run, writing its folder and its result record.
 
@@ -96,6 +102,13 @@ def train(
         config: the resolved configuration (:func:`dymlbench.config.resolve_config`).
         output_dir: the run folder; ``None`` for :func:`default_run_dir` (not with ``resume``).
         resume: continue the run in ``output_dir`` from its newest checkpoint.
+        on_validation: called on rank 0 after each validation pass with the number of epochs
+            done and, per network (``online``, ``ema``), its validation metrics; returning
+            ``True`` stops the run after that epoch (a sweep's pruner). Its answer reaches
+            every rank, so under ``torchrun`` every rank passes a callback or none.
+        sweep: for a trial of a sweep, its ``study``, ``trial`` and ``objective``: the test
+            data is then neither read nor evaluated, and the record carries this mapping
+            under ``sweep`` with no test metrics (:mod:`dymlbench.engine.records`).
 
     Returns:
         The run's folder, test metrics, history and record.
@@ -117,7 +130,15 @@ def train(
         if context.is_main:
             prepare_run_dir(run_dir, config, resume=resume)
         distributed.barrier()
-        return _run(config, run_dir=run_dir, resume=resume, device=device, context=context)
+        return _run(
+            config,
+            run_dir=run_dir,
+            resume=resume,
+            device=device,
+            context=context,
+            on_validation=on_validation,
+            sweep=sweep,
+        )
     finally:
         distributed.shutdown_distributed(context)
 
@@ -184,10 +205,12 @@ def _run(
     resume: bool,
     device: torch.device,
     context: distributed.DistContext,
+    on_validation: ValidationCallback | None = None,
+    sweep: Mapping[str, Any] | None = None,
 ) -> RunResult:
     from dymlbench.data import load_dataset
 
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, load_test=sweep is None)
     engine, n_epochs = config.engine, config.optim.epochs
     with RunLogger(run_dir=run_dir if context.is_main else None, progress=engine.progress) as log:
         trainer = Trainer(
@@ -207,8 +230,12 @@ def _run(
         while trainer.epochs_done < n_epochs:
             trainer.train_epoch()
             done = trainer.epochs_done
+            stop = False
             if (engine.eval_every and done % engine.eval_every == 0) or done == n_epochs:
-                trainer.validate()
+                results = trainer.validate()
+                if on_validation is not None:
+                    stop = results is not None and bool(on_validation(done, results))
+                    stop = distributed.broadcast_object(stop)
             distributed.barrier()
             checkpoint_due = engine.checkpoint_every and done % engine.checkpoint_every == 0
             if context.is_main:
@@ -218,10 +245,32 @@ def _run(
                     state.update(started_at=started_at, wall_seconds=wall_seconds())
                     save_checkpoint(state, run_dir, done)
             distributed.barrier()
+            if stop:
+                logger.info("the validation callback stopped the run after epoch %d", done)
+                break
 
         reports: dict[str, EvaluationReport] = {}
         record = record_path = None
-        if context.is_main:
+        if context.is_main and sweep is not None:
+            save_atomic(trainer.network.state_dict(), run_dir / MODEL_FILE)
+            _write_metrics(run_dir, trainer.history, config)
+            validation = trainer.history.validation
+            last = validation[-1].get(engine.report_network) if validation else None
+            record = build_record(
+                config=config,
+                test_reports={},
+                reported_network=engine.report_network,
+                initialisation=trainer.initialisation,
+                device=device,
+                world_size=context.world_size,
+                wall_seconds=wall_seconds(),
+                started_at=started_at,
+                sweep=sweep,
+                validation_metrics=last,
+            )
+            record_path = run_dir / RECORD_FILE
+            write_json_atomic(record_path, record)
+        elif context.is_main:
             reports = trainer.test()
             save_atomic(trainer.network.state_dict(), run_dir / MODEL_FILE)
             _write_metrics(run_dir, trainer.history, config)
