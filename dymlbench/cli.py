@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from dymlbench import __version__
+from dymlbench.leaderboard.cli import leaderboard_app
 from dymlbench.sweep.cli import sweep_app
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(sweep_app, name="sweep")
+app.add_typer(leaderboard_app, name="leaderboard")
 
 logger = logging.getLogger("dymlbench")
 

@@ -1,5 +1,11 @@
 """Published overall results of the DyML methods, in percent (REFERENCE.md section 5).
 
+The canonical table is ``leaderboards/published.yaml`` (with the paper, backbone and
+initialisation of each row, :mod:`dymlbench.leaderboard.published`); this module holds its
+numbers for ``dymlbench run`` in an installed package, which does not ship the ``leaderboards``
+folder. ``tests/leaderboard/test_published.py`` checks that the two agree row for row and value
+for value, so a change to one without the other fails the tests.
+
 Source: the main table of the MSA paper (Zhang, Li and Zhang, ACM MM 2023); its first six rows
 presumably come from the DyML paper (Sun et al., CVPR 2021), the CSL rerun and HAPPIER rows
 from the HAPPIER paper (Ramzi et al., ECCV 2022). Keys are the registry keys of the methods and
