@@ -59,7 +59,12 @@ def run_command(
     ],
     dataset: Annotated[str, typer.Option(help="`vehicle`, `animal`, `product` or `toy`.")],
     space: Annotated[
-        Path | None, typer.Option("--space", help="Search-space file; default sweeps/METHOD.yaml.")
+        Path | None,
+        typer.Option(
+            "--space",
+            help="Search-space file; default sweeps/METHOD.yaml here, else in the dymlbench "
+            "checkout.",
+        ),
     ] = None,
     trials: Annotated[
         int, typer.Option("--trials", help="Trials of the study, over all its workers.")
@@ -118,7 +123,7 @@ def run_command(
     from dymlbench.sweep.study import SweepSettings, base_config, parse_storage, run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space_file = space if space is not None else Path("sweeps") / f"{method}.yaml"
+    space_file = space if space is not None else _default_space(method)
     output = output if output is not None else Path("runs") / f"sweep-{method}-{dataset}"
     flags = {
         "data.data_dir": data_dir,
@@ -267,3 +272,11 @@ def _print_status(status: Any, storage: str) -> None:
         )
     for number, error in status.failures[-5:]:
         console.print(f"trial {number} failed: {error}", highlight=False, soft_wrap=True)
+
+
+def _default_space(method: str) -> Path:
+    """``sweeps/<method>.yaml`` of the working directory, else of the dymlbench checkout the
+    package runs from (an editable install), else the working directory's (for the error)."""
+    name = Path("sweeps") / f"{method}.yaml"
+    checkout = Path(__file__).resolve().parents[2] / name
+    return checkout if not name.is_file() and checkout.is_file() else name

@@ -123,3 +123,14 @@ def test_entries_become_distributions_fixed_values_and_overrides(tmp_path: Path)
     assert space.fixed() == {"optim.epochs": 7}
     overrides = space.overrides({"method.margins": "[0.1, 0.2, 0.3]", "optim.lr": 0.001})
     assert overrides == {"method.margins": [0.1, 0.2, 0.3], "optim.lr": 0.001}
+
+
+def test_the_default_space_is_found_from_outside_the_checkout(tmp_path, monkeypatch) -> None:
+    from dymlbench.sweep.cli import _default_space
+
+    monkeypatch.chdir(tmp_path)
+    found = _default_space("msa")
+    assert found.is_absolute() and found.is_file() and found.name == "msa.yaml"
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "msa.yaml").write_text("optim.lr: 0.01\n")
+    assert _default_space("msa") == Path("sweeps") / "msa.yaml"
