@@ -44,6 +44,9 @@ StorageOption = Annotated[
 StudyOption = Annotated[
     str | None, typer.Option("--study", help="Study name; default <method>-<dataset>.")
 ]
+SweepFolderOption = Annotated[
+    Path | None, typer.Option("--output", help="The sweep's folder (its default SQLite).")
+]
 
 
 def _fail(message: str) -> None:
@@ -175,9 +178,7 @@ def run_command(
 def status_command(
     storage: StorageOption = None,
     study: StudyOption = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", help="The sweep's folder (its default SQLite).")
-    ] = None,
+    output: SweepFolderOption = None,
 ) -> None:
     """Trials by state, the best trial so far and where its run folder is."""
     study_object, shown = _open(storage, study, output)
@@ -191,9 +192,7 @@ def best_command(
     out: Annotated[Path, typer.Option("--out", help="The YAML file to write.")],
     storage: StorageOption = None,
     study: StudyOption = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", help="The sweep's folder (its default SQLite).")
-    ] = None,
+    output: SweepFolderOption = None,
 ) -> None:
     """Write the best trial's configuration for `dymlbench run --config FILE`."""
     study_object, _ = _open(storage, study, output)
@@ -214,9 +213,7 @@ def plots_command(
     out: Annotated[Path, typer.Option("--out", help="The folder of the PNG files.")],
     storage: StorageOption = None,
     study: StudyOption = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", help="The sweep's folder (its default SQLite).")
-    ] = None,
+    output: SweepFolderOption = None,
 ) -> None:
     """Plot the optimisation history, the parameter importances and a contour (PNG)."""
     import matplotlib
@@ -253,7 +250,8 @@ def _print_status(status: Any, storage: str) -> None:
     from dymlbench.cli import _console
 
     console = _console()
-    table = Table(title=f"study {status.name} ({storage})", title_justify="left")
+    console.print(f"study {status.name} ({storage})")
+    table = Table()
     table.add_column("state")
     table.add_column("trials", justify="right")
     for state, count in status.counts.items():
