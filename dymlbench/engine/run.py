@@ -251,30 +251,17 @@ def _run(
 
         reports: dict[str, EvaluationReport] = {}
         record = record_path = None
-        if context.is_main and sweep is not None:
+        if context.is_main:
+            # A sweep trial never touches the test data: its record holds its validation.
+            per_query_file = validation_metrics = None
+            if sweep is None:
+                reports = trainer.test()
+                write_per_query(run_dir / PER_QUERY_FILE, reports[engine.report_network])
+                per_query_file = PER_QUERY_FILE
+            elif trainer.history.validation:
+                validation_metrics = trainer.history.validation[-1].get(engine.report_network)
             save_atomic(trainer.network.state_dict(), run_dir / MODEL_FILE)
             _write_metrics(run_dir, trainer.history, config)
-            validation = trainer.history.validation
-            last = validation[-1].get(engine.report_network) if validation else None
-            record = build_record(
-                config=config,
-                test_reports={},
-                reported_network=engine.report_network,
-                initialisation=trainer.initialisation,
-                device=device,
-                world_size=context.world_size,
-                wall_seconds=wall_seconds(),
-                started_at=started_at,
-                sweep=sweep,
-                validation_metrics=last,
-            )
-            record_path = run_dir / RECORD_FILE
-            write_json_atomic(record_path, record)
-        elif context.is_main:
-            reports = trainer.test()
-            save_atomic(trainer.network.state_dict(), run_dir / MODEL_FILE)
-            _write_metrics(run_dir, trainer.history, config)
-            write_per_query(run_dir / PER_QUERY_FILE, reports[engine.report_network])
             record = build_record(
                 config=config,
                 test_reports=reports,
@@ -284,7 +271,9 @@ def _run(
                 world_size=context.world_size,
                 wall_seconds=wall_seconds(),
                 started_at=started_at,
-                per_query_file=PER_QUERY_FILE,
+                per_query_file=per_query_file,
+                sweep=sweep,
+                validation_metrics=validation_metrics,
             )
             record_path = run_dir / RECORD_FILE
             write_json_atomic(record_path, record)
