@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from dymlbench import __version__
@@ -24,16 +25,36 @@ def test_help_lists_the_commands() -> None:
         assert command in result.output
 
 
-def test_help_imports_no_heavy_module() -> None:
-    # `dymlbench --help` must answer fast: torch, numpy and the library load inside commands.
+@pytest.mark.parametrize(
+    ("commands", "heavy", "listed"),
+    [
+        (
+            [[]],
+            {"torch", "numpy", "timm", "optuna", "pandas", "faiss", "sqlalchemy", "matplotlib"},
+            "",
+        ),
+        (
+            [["sweep"], ["sweep", "run"]],
+            {"torch", "numpy", "optuna", "sqlalchemy", "matplotlib"},
+            "",
+        ),
+        ([["leaderboard"]], {"torch", "numpy", "pandas", "matplotlib", "tabulate"}, "add"),
+    ],
+    ids=["dymlbench", "sweep", "leaderboard"],
+)
+def test_help_imports_no_heavy_module(
+    commands: list[list[str]], heavy: set[str], listed: str
+) -> None:
+    # `--help` must answer fast: torch, numpy and the library load inside the commands.
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from dymlbench.cli import app\n"
-        "result = CliRunner().invoke(app, ['--help'])\n"
-        "assert result.exit_code == 0, result.output\n"
-        "heavy = {'torch', 'numpy', 'timm', 'optuna', 'pandas', 'faiss'} & set(sys.modules)\n"
-        "print(sorted(heavy))\n"
+        f"for command in {commands!r}:\n"
+        "    result = CliRunner().invoke(app, [*command, '--help'])\n"
+        "    assert result.exit_code == 0, result.output\n"
+        f"    assert {listed!r} in result.output, result.output\n"
+        f"print(sorted({heavy!r} & set(sys.modules)))\n"
     )
     output = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True

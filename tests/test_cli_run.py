@@ -4,7 +4,6 @@ prints its table and its folder, and the saved configuration round-trips."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,24 +15,7 @@ from dymlbench import registry
 from dymlbench.cli import app
 from dymlbench.config import RunConfig, resolve_config
 
-_spec = importlib.util.spec_from_file_location(
-    "engine_support_cli", Path(__file__).parent / "engine" / "support.py"
-)
-support = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(support)
-
 runner = CliRunner()
-
-
-@pytest.fixture
-def methods(monkeypatch: pytest.MonkeyPatch):
-    """The registry holds every registered method plus the throwaway ones, for this test only."""
-    monkeypatch.setattr(registry, "METHODS", support.registry_with_throwaway_methods())
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return support.make_small_toy(tmp_path_factory.mktemp("toy") / "vehicle")
 
 
 def _run(*arguments: str):

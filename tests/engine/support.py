@@ -1,7 +1,7 @@
 """Helpers of the engine tests: the throwaway methods, a registry holding them, a small toy.
 
-Loaded by file path (``load_support``) from ``tests/engine/conftest.py`` and
-``tests/test_cli_run.py``, which share them.
+Loaded by file path in ``tests/conftest.py``, as the module ``engine_support``, for every test
+folder.
 """
 
 from __future__ import annotations

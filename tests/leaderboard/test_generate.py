@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -166,20 +164,3 @@ def test_the_cli_names_the_missing_results_folder(tmp_path: Path) -> None:
 
     assert result.exit_code == 1
     assert "pass `--results`" in " ".join(result.output.split())
-
-
-def test_leaderboard_help_imports_no_heavy_module() -> None:
-    code = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from dymlbench.cli import app\n"
-        "result = CliRunner().invoke(app, ['leaderboard', '--help'])\n"
-        "assert result.exit_code == 0, result.output\n"
-        "assert 'add' in result.output, result.output\n"
-        "heavy = {'torch', 'numpy', 'pandas', 'matplotlib', 'tabulate'} & set(sys.modules)\n"
-        "print(sorted(heavy))\n"
-    )
-    output = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True
-    ).stdout
-    assert output.strip() == "[]"

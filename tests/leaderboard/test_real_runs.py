@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
+
+from engine_support import make_small_toy, tiny_overrides
 
 from dymlbench.config import resolve_config
 from dymlbench.engine import train
 from dymlbench.leaderboard.generate import generate
 from dymlbench.leaderboard.records import add_records, load_results
 
-_spec = importlib.util.spec_from_file_location(
-    "engine_support_leaderboard", Path(__file__).parents[1] / "engine" / "support.py"
-)
-support = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(support)
-
 
 def test_a_real_run_makes_a_row_with_an_interval(published_path: Path, tmp_path: Path) -> None:
-    toy = support.make_small_toy(tmp_path / "toy")
-    overrides = support.tiny_overrides(toy, **{"optim.epochs": 1})
+    toy = make_small_toy(tmp_path / "toy")
+    overrides = tiny_overrides(toy, **{"optim.epochs": 1})
     config = resolve_config(method="triplet", dataset="toy", overrides=overrides)
     run_dir = train(config, output_dir=tmp_path / "run").run_dir
     board = tmp_path / "leaderboards"

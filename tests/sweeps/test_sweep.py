@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from engine_support import registry_with_throwaway_methods
 from optuna.trial import TrialState
-from sweep_engine_support import registry_with_throwaway_methods
 from sweep_helpers import SPACE, sweep_arguments
 from typer.testing import CliRunner
 
