@@ -14,10 +14,7 @@ the official MS code):
 - every dataset: ``alpha=2``, ``beta=50``, ``base=0.5``, ``epsilon=0.1``; head
   ``Linear(512, 512)`` without normalisation (the DyML code);
 - head learning rate x1 on Vehicle, Animal and toy, x2 on Product;
-- run: :mod:`methods._pml` (Vehicle and Animal: ResNet-34 from scratch, 512-d, 64 classes x 4
-  images, SGD Nesterov lr 0.1, wd 1e-4, 100 epochs cosine to 1e-6; Product: ImageNet init,
-  lr 0.01, 20 epochs cosine to 1e-5, backbone frozen 5 epochs, batch-norm frozen; toy:
-  ``test_resnet``, 64-d, 16 x 4, Adam lr 1e-3, 2 epochs).
+- run: the one every classic baseline shares, stated in :mod:`methods._pml`.
 """
 
 from __future__ import annotations
